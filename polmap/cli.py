@@ -10,7 +10,11 @@ from polmap import __version__
 from polmap.dataset import DatasetError
 
 # Each module has ``register(subparsers)`` that adds its sub-command(s) with ``func`` set.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "polmap.cli_info",
+    "polmap.cli_simulate",
+    "polmap.cli_learn",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
