@@ -670,9 +670,10 @@ class Preprocessor:
     ) -> "Preprocessor":
         """Fit beam centre and radius, hot pixels and (for "plane") the descan plane.
 
-        One chunked pass over the scan. The first chunk gives provisional hot
-        pixels and beam geometry (needed to find disks while the pass runs);
-        the full mean pattern gives the final ones.
+        One chunked pass over the scan. The first scan row gives provisional
+        hot pixels and beam geometry (needed to find disks while the pass
+        runs); the full mean pattern (and the first row's median, immune to
+        single cosmic-ray hits) gives the final ones.
 
         Parameters
         ----------
@@ -705,10 +706,11 @@ class Preprocessor:
             flat = block.reshape(-1, qr, qc)
             mean_acc += flat.sum(axis=0, dtype=np.float64)
             if median_img is None:
-                # Provisional geometry from the first chunk (at least one scan row).
-                sample = flat[np.linspace(0, len(flat) - 1, min(len(flat), 512)).astype(int)]
-                median_img = np.median(sample, axis=0)
-                first_mean = flat.mean(axis=0, dtype=np.float64)
+                # Provisional geometry from the first scan row (every chunk holds one),
+                # so the fit does not depend on the chunk size.
+                first = flat[:cols]
+                median_img = np.median(first, axis=0)
+                first_mean = first.mean(axis=0, dtype=np.float64)
                 if cfg.hot_pixel_repair:
                     self._set_hot_pixels(find_hot_pixels(first_mean, median_img))
                 fixed = self._repaired(first_mean[None].astype(np.float32))[0]
@@ -903,15 +905,21 @@ class Preprocessor:
         h = k // 2
         rows_total, cols = dataset.scan_shape
         offsets = np.array([(dy, dx) for dy in range(-h, h + 1) for dx in range(-h, h + 1)])
-        nbr = pos[:, None, :] + offsets[None]
-        nbr[..., 0] = np.clip(nbr[..., 0], 0, rows_total - 1)
-        nbr[..., 1] = np.clip(nbr[..., 1], 0, cols - 1)
-        uniq, inv = np.unique(nbr.reshape(-1, 2), axis=0, return_inverse=True)
-        inv = inv.reshape(len(pos), len(offsets))
-        s1 = self._read_and_transform(dataset, uniq, max_bytes)
-        out = s1[inv[:, 0]].copy()
-        for j in range(1, len(offsets)):
-            np.maximum(out, s1[inv[:, j]], out=out)
+        out = np.empty((len(pos),) + self.output_shape, dtype=np.float32)
+        # Batches of positions whose k*k neighbours' stage-1 outputs fit in max_bytes.
+        per = 4 * int(np.prod(self.output_shape)) * len(offsets)
+        step = max(1, int(max_bytes // per))
+        for s in range(0, len(pos), step):
+            nbr = pos[s : s + step, None, :] + offsets[None]
+            nbr[..., 0] = np.clip(nbr[..., 0], 0, rows_total - 1)
+            nbr[..., 1] = np.clip(nbr[..., 1], 0, cols - 1)
+            uniq, inv = np.unique(nbr.reshape(-1, 2), axis=0, return_inverse=True)
+            inv = inv.reshape(len(nbr), len(offsets))
+            s1 = self._read_and_transform(dataset, uniq, max_bytes)
+            part = out[s : s + step]
+            part[:] = s1[inv[:, 0]]
+            for j in range(1, len(offsets)):
+                np.maximum(part, s1[inv[:, j]], out=part)
         return self._box_finish(out)
 
     def transform_block(self, block: np.ndarray, rows: slice, dataset: Dataset4D) -> np.ndarray:

@@ -129,11 +129,12 @@ def disk_centres(
     for it in range(max(1, int(n_iter))):
         dy = yy[None, :] - c[:, 0:1].astype(np.float32)  # (N, bh)
         dx = xx[None, :] - c[:, 1:2].astype(np.float32)  # (N, bw)
-        d2 = dy[:, :, None] ** 2 + dx[:, None, :] ** 2
+        d2 = np.add((dy * dy)[:, :, None], (dx * dx)[:, None, :])
         # Local level: least-squares plane a + b*dy + c*dx over the disk interior.
-        inner = (d2 <= inner_r2).astype(np.float32)
-        ir, ic = inner.sum(2), inner.sum(1)  # (N, bh), (N, bw)
-        ib = inner * box
+        inner = d2 <= inner_r2
+        ib = np.multiply(box, inner)
+        ir = inner.sum(2, dtype=np.float32)  # (N, bh)
+        ic = inner.sum(1, dtype=np.float32)  # (N, bw)
         br, bc = ib.sum(2), ib.sum(1)
         gram = np.empty((n, 3, 3), dtype=np.float64)
         gram[:, 0, 0] = ir.sum(1)
@@ -141,13 +142,14 @@ def disk_centres(
         gram[:, 0, 2] = gram[:, 2, 0] = np.einsum("nj,nj->n", ic, dx)
         gram[:, 1, 1] = np.einsum("ni,ni->n", ir, dy * dy)
         gram[:, 2, 2] = np.einsum("nj,nj->n", ic, dx * dx)
-        gram[:, 1, 2] = gram[:, 2, 1] = np.einsum("nij,ni,nj->n", inner, dy, dx)
+        gram[:, 1, 2] = gram[:, 2, 1] = np.einsum("ni,ni->n", np.einsum("nij,nj->ni", inner, dx), dy)
         rhs = np.stack([br.sum(1), np.einsum("ni,ni->n", br, dy), np.einsum("nj,nj->n", bc, dx)], axis=1)
         gram[:, [0, 1, 2], [0, 1, 2]] += 1e-6
         coef = np.linalg.solve(gram, rhs[..., None].astype(np.float64))[..., 0].astype(np.float32)
-        level = (coef[:, 0:1] + coef[:, 1:2] * dy)[:, :, None] + (coef[:, 2:3] * dx)[:, None, :]
         # Keep the extrapolated plane positive at the edge.
-        np.maximum(level, (0.5 * np.abs(coef[:, 0]) + 1e-12)[:, None, None], out=level)
+        floor = (0.5 * np.abs(coef[:, 0]) + 1e-12)[:, None, None]
+        level = np.add((coef[:, 0:1] + coef[:, 1:2] * dy)[:, :, None], (coef[:, 2:3] * dx)[:, None, :])
+        np.maximum(level, floor, out=level)
         wgt = np.divide(box, level, out=level)
         if it == 0:
             # Coarse pass, window not yet on the disk: a robust half-level ramp.
@@ -156,10 +158,10 @@ def disk_centres(
         # Later passes: the local coverage I / level, exact for anti-aliased edges.
         np.clip(wgt, 0.0, 1.0, out=wgt)
         win_r = radius + (margin if it == 0 else 2.0)
-        wgt[d2 > win_r * win_r] = 0.0
+        np.multiply(wgt, d2 <= win_r * win_r, out=wgt)
         if it > 0 and radius > 3.0:
             # The interior counts in full: dark lines inside the disk must not bias it.
-            wgt[d2 <= (radius - 2.0) ** 2] = 1.0
+            np.maximum(wgt, d2 <= (radius - 2.0) ** 2, out=wgt)
         wr = wgt.sum(2)
         tot = wr.sum(1).astype(np.float64)
         ok = tot > 0.25 * np.pi * radius * radius

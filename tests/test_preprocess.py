@@ -233,6 +233,8 @@ def test_boxing_equals_brute_force_max(rng: np.random.Generator, normalise: str)
     np.testing.assert_allclose(blk.reshape(3, 6, 12, 12), ref[2:5], rtol=1e-6)
     pos = np.array([[0, 0], [6, 5], [3, 2], [0, 5]])
     np.testing.assert_allclose(boxed.transform_positions(ds, pos), ref[pos[:, 0], pos[:, 1]], rtol=1e-6)
+    one_at_a_time = boxed.transform_positions(ds, pos, max_bytes=1)  # batches of one position
+    np.testing.assert_allclose(one_at_a_time, ref[pos[:, 0], pos[:, 1]], rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------
@@ -335,6 +337,30 @@ def test_state_dict_round_trip_reproduces_output(noisy_scan: Dataset4D, centring
     np.testing.assert_array_equal(again.transform_positions(ds, pos), pp.transform_positions(ds, pos))
     with pytest.raises(ValueError, match="format"):
         Preprocessor.from_state_dict({**state, "format": "other"})
+
+
+def test_hdf5_backed_scan_gives_the_same_output(noisy_scan: Dataset4D, tmp_path) -> None:
+    import h5py
+
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=noisy_scan.to_array(), chunks=(1, 6, 48, 48))
+    cfg = PreprocessConfig(centring="plane", crop_radius=12, output_size=16, boxing=3)
+    ref_pp = Preprocessor(cfg).fit(noisy_scan)
+    ref = np.concatenate([o for _, o in ref_pp.iter_transformed(noisy_scan)])
+    row_bytes = 6 * 48 * 48 * 2
+    seen: list[tuple[int, int]] = []
+    with h5py.File(path, "r") as f:
+        ds = Dataset4D(f["data"], source=str(path))
+        pp = Preprocessor(cfg).fit(ds, max_bytes=2 * row_bytes, progress=lambda d, t: seen.append((d, t)))
+        got = np.concatenate([o for _, o in pp.iter_transformed(ds, max_bytes=2 * row_bytes)])
+        # Stopping early must not leave the background reader hanging.
+        it = pp.iter_transformed(ds, max_bytes=2 * row_bytes)
+        next(it)
+        it.close()
+    assert seen[-1] == (5, 5)
+    np.testing.assert_allclose(pp.plane, ref_pp.plane, atol=1e-9)  # chunking does not change the fit
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
 
 
 def test_unfitted_and_mismatched_inputs_are_clear_errors(noisy_scan: Dataset4D) -> None:
