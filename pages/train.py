@@ -1,0 +1,116 @@
+"""Train: choose the network and settings, watch the curves, keep the model."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from polmap import services as svc
+
+svc.ensure_app_navigation()
+sess = svc.session()
+st.title("Train")
+ds = sess.dataset
+if ds is None or sess.labels is None:
+    st.info("Open a dataset on the Data page first.")
+    st.stop()
+
+defaults: dict = {}
+with svc.guarded("Training settings"):
+    defaults = svc.default_train_settings()
+if not defaults:
+    st.stop()
+settings = dict(defaults, **{k: v for k, v in sess.train_settings.items() if k in defaults})
+
+counts = sess.labels.counts()
+st.markdown(
+    f"**{len(sess.labels)} labels**: " + ", ".join(f"{svc.swatch(c)}{n} {counts[n]}" for n, c in zip(sess.classes.names, sess.classes.colors)),
+    unsafe_allow_html=True,
+)
+st.caption(f"Device: **{svc.device_name()}**")
+
+models = svc.model_names()
+c1, c2 = st.columns([3, 2])
+with c1:
+    model = st.radio("Network", list(models), index=list(models).index(settings.get("model", "compact")) if settings.get("model", "compact") in models else 0,
+                     format_func=lambda k: f"{k}: {models[k]}", key="train_model_name")
+    own_pre = st.checkbox("Use the preprocessing this network was designed for", value=True, key="train_own_pre",
+                          help="Otherwise the Data page's preprocessing is used as it is.")
+with c2, st.expander("Settings", expanded=False):
+    epochs = st.number_input("Epochs (most, per member)", 1, 2000, int(settings["epochs"]), key="train_epochs")
+    n_members = st.number_input("Ensemble members (= cross-validation folds)", 1, 10, int(settings["n_members"]), key="train_members")
+    spe = st.number_input("Samples per epoch", 8, 100000, int(settings["samples_per_epoch"]), key="train_spe")
+    batch = st.number_input("Batch size", 1, 1024, int(settings["batch_size"]), key="train_batch")
+    lr = st.number_input("Learning rate", 1e-6, 1.0, float(settings["lr"]), format="%.1e", key="train_lr")
+    wd = st.number_input("Weight decay", 0.0, 1.0, float(settings["weight_decay"]), format="%.1e", key="train_wd")
+    patience = st.number_input("Early-stop patience (0 = off)", 0, 1000, int(settings["patience"]), key="train_patience")
+    seed = st.number_input("Seed", 0, 10**6, int(settings["seed"]), key="train_seed")
+
+new_settings = dict(settings, model=model, epochs=int(epochs), n_members=int(n_members), samples_per_epoch=int(spe),
+                    batch_size=int(batch), lr=float(lr), weight_decay=float(wd), patience=int(patience), seed=int(seed))
+
+go = st.button("Train", type="primary", key="train_go", icon=":material/play_arrow:")
+status = st.empty()
+curves = st.empty()
+
+if go:
+    with svc.guarded("Training"):
+        sess.train_settings = new_settings
+        if own_pre:
+            svc.set_preprocess(sess, svc.model_preprocess(model))
+        svc.check_trainable(sess)
+        bar = status.progress(0.0, text="Preparing the labelled patterns…")
+        rows: list[dict] = []
+        state = {"last": 0.0}
+
+        def progress(info: dict) -> None:
+            import time
+
+            rows.append(info)
+            m, nm = int(info.get("member", 0)), int(info.get("n_members", 1) or 1)
+            e, ne = int(info.get("epoch", 0)), int(info.get("epochs", 1) or 1)
+            frac = min(1.0, (m + e / ne) / nm)
+            va = info.get("val_acc")
+            txt = f"member {m + 1}/{nm}, epoch {e}/{ne}: loss {info.get('loss', float('nan')):.3f}"
+            if va is not None:
+                txt += f", validation accuracy {va:.1%}"
+            bar.progress(frac, text=txt)
+            now = time.perf_counter()
+            if now - state["last"] > 0.4:  # redraw the curves at most ~2.5 times a second
+                state["last"] = now
+                curves.plotly_chart(svc.curves_figure(svc.history_rows_to_curves(rows)), key=f"live_{len(rows)}")
+
+        _, cached = svc.train(sess, new_settings, progress=progress)
+        bar.progress(1.0, text="Predicting the whole scan…")
+        svc.predict(sess)
+        status.empty()
+        if cached:
+            sess.flash("info", "Same dataset, preprocessing, labels and settings as a model already trained: reused it (no retraining).")
+        else:
+            sess.flash("success", f"Trained in {sess.model_info.get('seconds', 0):.1f} s.")
+        st.rerun()
+
+if sess.model is not None:
+    info = sess.model_info
+    st.subheader("Current model")
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Network", info.get("model", getattr(sess.model, "model_name", "?")))
+    m2.metric("Labels", info.get("n_labels", "?"))
+    acc = info.get("val_accuracy")
+    m3.metric("Validation accuracy (out-of-fold)", "n/a" if acc is None else f"{acc:.1%}")
+    m4.metric("Training time", f"{info.get('seconds', 0):.1f} s" if info.get("seconds") else "-")
+    if info.get("validation"):
+        st.caption(info["validation"])
+    if sess.labels is not None and info.get("label_hash") and info["label_hash"] != sess.labels.hash():
+        st.warning("The labels changed since this model was trained: press **Train** to update it.")
+    hist = svc.model_history(sess.model)
+    if hist.get("epoch"):
+        curves.plotly_chart(svc.curves_figure(hist), key="final_curves")
+    st.page_link("pages/map.py", label="See the map", icon=":material/map:")
+
+with st.expander("Load a model checkpoint"):
+    up = st.file_uploader("polmap checkpoint (.pt)", key="ckpt_upload")
+    if up is not None and st.button("Use this model", key="ckpt_use"):
+        with svc.guarded("Loading the checkpoint"):
+            svc.upload_model(sess, up.getvalue())
+            sess.flash("success", f"Loaded model from {up.name}.")
+            st.rerun()
