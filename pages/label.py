@@ -170,7 +170,7 @@ def paint_ui() -> None:
     R, C = ds.scan_shape
     brush = t3.slider("Brush (positions)", 1, max(2, min(R, C) // 4), 2, key="paint_brush")
 
-    scale = int(max(2, min(14, 760 // C, 600 // R)))
+    scale = int(max(2, min(24, 760 // C, 560 // R)))
     bg = svc.virtual_image(ds, st.session_state.get("virtual_kind", "bright_field"))
     if st.session_state.get("label_bg") == "current map" and sess.prediction is not None:
         from PIL import Image

