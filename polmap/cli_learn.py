@@ -145,11 +145,14 @@ def _load_labels(args: argparse.Namespace, ds: Any, *, required: bool = True) ->
         names = given
         colors = None
     elif ds.ground_truth is not None and ds.ground_truth.class_names:
+        # The data file names its classes: labels must use them (a typo is an error, not a new class).
         names, colors = list(ds.ground_truth.class_names), ds.ground_truth.class_colors
-        in_csv = _csv_class_names(path)
-        if not set(in_csv) <= set(names):
-            # The data's own classes do not fit: the CSV defines its classes.
-            names, colors = in_csv, None
+        unknown = [n for n in _csv_class_names(path) if n not in names]
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown class {unknown[0]!r}; {args.data} has the classes {names} "
+                "(give --classes a,b,c to label with other names)"
+            )
     else:
         names, colors = _csv_class_names(path), None
     if not names:
@@ -267,31 +270,28 @@ def _load_model(path: str) -> Any:
 
 
 def _model_preprocessor(model: Any, ds: Any, refit: bool) -> tuple[Any, str]:
-    """The model's preprocessing for this dataset: stored state, or refitted on ``ds``."""
+    """The model's preprocessing for this dataset: stored state, or refitted on ``ds``.
+
+    Raises IncompatibleModelError (a ValueError) when model and dataset do not match.
+    """
+    from polmap.predict import check_compatible
     from polmap.preprocess import Preprocessor
 
     st = model.preprocess_state
     if not st:
         raise ValueError("the model has no preprocessing recorded; retrain it with polmap train")
-    det = tuple(st.get("detector_shape") or ())
-    if det and det != tuple(ds.detector_shape):
-        raise ValueError(
-            f"model and dataset do not match: the model was trained on {det[0]} x {det[1]} detector patterns, "
-            f"{ds.name} has {ds.detector_shape[0]} x {ds.detector_shape[1]}"
-        )
+    check_compatible(model, ds)  # detector shape
     same = st.get("fingerprint") == ds.fingerprint
-    if same or not refit:
-        pre = Preprocessor.from_state_dict(st)
-        note = "stored preprocessing" if same else "stored preprocessing (fitted on another dataset)"
+    pre = Preprocessor.from_state_dict(st)
+    if same:
+        note = "stored preprocessing"
+    elif not refit:
+        note = "stored preprocessing (fitted on another dataset)"
     else:
-        pre = Preprocessor.from_state_dict(st)
+        # Another scan (e.g. the next time slice): same settings, beam centre and descan fitted anew.
         pre = Preprocessor(pre.config).fit(ds)
         note = "preprocessing refitted on this dataset (beam centre, descan)"
-    if tuple(pre.output_shape) != (model.input_size, model.input_size):
-        raise ValueError(
-            f"model and preprocessing do not match: the network takes {model.input_size} px patterns, "
-            f"the preprocessing gives {pre.output_shape}"
-        )
+    check_compatible(model, ds, pre)
     return pre, note
 
 
@@ -405,11 +405,9 @@ def _suggest(args: argparse.Namespace) -> int:
             ex = np.loadtxt(args.exclude, delimiter=",", skiprows=1, usecols=(0, 1), dtype=np.int64, ndmin=2)
             kwargs["exclude"] = ex
         if model is not None:
-            if list(model.class_names) != store.classes.names:
-                raise ValueError(
-                    f"model and labels do not match: the model's classes are {model.class_names}, "
-                    f"the labels' are {store.classes.names}"
-                )
+            from polmap.predict import check_compatible
+
+            check_compatible(model, ds, class_names=store.classes.names)
             if args.strategy in ("adaptive",):
                 pre, _ = _model_preprocessor(model, ds, refit=True)
                 kwargs["probabilities"] = _predict_arrays(model, ds, pre)["probabilities"]
