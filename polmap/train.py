@@ -1,0 +1,1003 @@
+"""Training: a cross-validation ensemble with honest accuracy, and safe checkpoints.
+
+:func:`train_model` trains ``n_members`` networks on the labelled patterns.
+Member ``k`` never sees the labels of fold ``k`` (folds are stratified by
+class), so its predictions on fold ``k`` are out-of-fold: together they give an
+honest accuracy for every label (the paper's code validated on training data).
+Validation labels do not even choose a member's stopping epoch: early stopping
+watches the training loss. The mean of the members' probabilities is the
+predictor, and their spread is an uncertainty.
+
+With too few labels for that (fewer than ``min_labels_for_validation``, or a
+class with a single label) every member trains on all labels with its own seed;
+the report says that no validation was possible and why.
+
+Checkpoints hold only tensors and JSON text and are read with
+``torch.load(weights_only=True)``: a file that carries code is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import platform
+import queue
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from polmap.augment import AugmentConfig, Augmenter, apply_op
+from polmap.model import MODELS, SeededDropout, build_model, count_parameters, optimize_for_inference
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "TrainConfig",
+    "TrainedModel",
+    "TrainingCancelled",
+    "make_folds",
+    "resolve_device",
+    "train_model",
+]
+
+CHECKPOINT_FORMAT = "polmap-model"
+CHECKPOINT_VERSION = 1
+
+CancelLike = Union[Callable[[], bool], threading.Event, None]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is unsafe, corrupt or inconsistent."""
+
+
+class TrainingCancelled(RuntimeError):
+    """Training was stopped by ``cancel``.
+
+    Attributes
+    ----------
+    partial : TrainedModel or None
+        The members finished before the cancel (None if none finished).
+    """
+
+    def __init__(self, message: str, partial: "TrainedModel | None" = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train_model`.
+
+    Parameters
+    ----------
+    model : str
+        Architecture, a key of :data:`polmap.model.MODELS`.
+    input_size : int or None
+        Expected pattern side; None takes it from the data (an explicit value
+        that the data do not match is an error).
+    model_options : dict
+        Architecture options for :func:`polmap.model.build_model`.
+    epochs : int
+        Most epochs per member.
+    samples_per_epoch : int
+        Patterns drawn per epoch (class-balanced, with replacement, augmented);
+        at least the number of training labels.
+    batch_size : int
+    lr : float
+        Peak learning rate of the one-cycle schedule (AdamW).
+    weight_decay : float
+    augment : AugmentConfig
+    seed : int
+        Same seed, same data -> identical weights on CPU.
+    n_members : int
+        Ensemble size; also the number of cross-validation folds.
+    patience : int
+        Stop a member after this many epochs without a 2 % drop of its
+        smoothed training loss (0: never stop early).
+    min_labels_for_validation : int
+        Below this many labels no fold is held out.
+    class_balance : bool
+        Draw classes equally often (otherwise in proportion to their labels).
+    label_smoothing : float
+    device : str
+        ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"mps"``.
+    workers : int or None
+        Members trained side by side (threads); None: up to 2 on the CPU, 1 on a GPU.
+    """
+
+    model: str = "compact"
+    input_size: int | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 30
+    samples_per_epoch: int = 128
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    n_members: int = 5
+    patience: int = 8
+    min_labels_for_validation: int = 10
+    class_balance: bool = True
+    label_smoothing: float = 0.05
+    device: str = "auto"
+    workers: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict."""
+        d = asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        d = {k: v for k, v in dict(d).items() if k in cls.__dataclass_fields__}
+        if "augment" in d and not isinstance(d["augment"], AugmentConfig):
+            d["augment"] = AugmentConfig.from_dict(d["augment"])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    """Pick the training device.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"`` prefers cuda, then Apple mps, then cpu.
+
+    Returns
+    -------
+    torch.device
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'")
+    return torch.device(device)
+
+
+def _is_cancelled(cancel: CancelLike) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event) or hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())  # type: ignore[union-attr]
+    return bool(cancel())
+
+
+def make_folds(y: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Stratified fold assignment.
+
+    Parameters
+    ----------
+    y : ndarray of int, shape (N,)
+    n_folds : int
+    seed : int
+
+    Returns
+    -------
+    ndarray of int, shape (N,)
+        Fold of every label. Within each class the labels are shuffled and
+        dealt round-robin, continuing where the previous class stopped, so fold
+        sizes differ by at most one and each class is spread over the folds.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y)
+    folds = np.empty(len(y), dtype=np.int64)
+    start = 0
+    for cls in np.unique(y):
+        idx = rng.permutation(np.nonzero(y == cls)[0])
+        folds[idx] = (start + np.arange(len(idx))) % n_folds
+        start = (start + len(idx)) % n_folds
+    return folds
+
+
+def _versions() -> dict[str, str]:
+    import polmap
+
+    return {
+        "polmap": getattr(polmap, "__version__", "?"),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _json_safe(obj: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(obj))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serialisable (plain dicts, lists, numbers, strings): {exc}") from exc
+
+
+def _as_patterns(X: Any, what: str = "X") -> np.ndarray:
+    """(N, H, W) or (N, 1, H, W) -> float32 (N, 1, H, W)."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    X = np.asarray(X)
+    if X.ndim == 3:
+        X = X[:, None]
+    if X.ndim != 4 or X.shape[1] != 1:
+        raise ValueError(f"{what} must have shape (N, H, W) or (N, 1, H, W); found {X.shape}")
+    if X.shape[2] != X.shape[3]:
+        raise ValueError(f"{what}: patterns must be square (set PreprocessConfig.output_size); found {X.shape[2:]}")
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _sha1(*parts: bytes) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------
+# the trained model
+# --------------------------------------------------------------------------------------
+class TrainedModel:
+    """An ensemble of trained networks with everything needed to use and audit it.
+
+    Parameters
+    ----------
+    nets : list of nn.Module
+        The ensemble members (same architecture).
+    class_names : list of str
+    class_colors : list of str or None
+    model_config : dict
+        ``{"name", "n_classes", "input_size", "options"}`` for :func:`build_model`.
+    preprocess_state : dict or None
+        :meth:`polmap.preprocess.Preprocessor.state_dict` of the inputs.
+    history : list of list of dict
+        Per member, per epoch: loss, val_loss, val_acc, lr, time.
+    report : dict
+        Validation mode, per-member and out-of-fold accuracy, augmentation ops
+        used, timing, device, parameter count.
+    provenance : dict
+        Dataset fingerprint, label hash, seed, software versions, time.
+    train_config : dict
+        :meth:`TrainConfig.to_dict` of the run.
+    """
+
+    def __init__(
+        self,
+        nets: Sequence[nn.Module],
+        class_names: Sequence[str],
+        class_colors: Sequence[str] | None,
+        model_config: dict[str, Any],
+        preprocess_state: dict[str, Any] | None = None,
+        history: list[list[dict[str, Any]]] | None = None,
+        report: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+        train_config: dict[str, Any] | None = None,
+    ) -> None:
+        if not nets:
+            raise ValueError("a TrainedModel needs at least one network")
+        self.nets = [n.eval() for n in nets]
+        self.class_names = list(class_names)
+        self.class_colors = list(class_colors) if class_colors is not None else None
+        self.model_config = dict(model_config)
+        self.preprocess_state = preprocess_state
+        self.history = history or []
+        self.report = report or {}
+        self.provenance = provenance or {}
+        self.train_config = train_config or {}
+        self._fast: list[nn.Module] | None = None
+        self._device = torch.device("cpu")
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def n_members(self) -> int:
+        """Number of ensemble members."""
+        return len(self.nets)
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square input pattern."""
+        return int(self.model_config["input_size"])
+
+    @property
+    def model_name(self) -> str:
+        """Architecture name."""
+        return str(self.model_config["name"])
+
+    @property
+    def n_parameters(self) -> int:
+        """Parameters of one member."""
+        return count_parameters(self.nets[0])
+
+    def to(self, device: str | torch.device) -> "TrainedModel":
+        """Move the members to a device (``"auto"`` allowed); returns self."""
+        dev = resolve_device(device) if isinstance(device, str) else device
+        self.nets = [n.to(dev).eval() for n in self.nets]
+        self._device = dev
+        self._fast = None
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainedModel({self.model_name}, classes={self.class_names}, members={self.n_members}, "
+            f"input={self.input_size}px, oof_accuracy={self.report.get('oof_accuracy')})"
+        )
+
+    # -- inference ---------------------------------------------------------------------
+    def _fast_nets(self) -> list[nn.Module]:
+        if self._fast is None:
+            # Folded batch norm + channels-last: same outputs, about twice as fast on CPU.
+            self._fast = [optimize_for_inference(n) for n in self.nets]
+        return self._fast
+
+    def member_probabilities(self, X: Any, batch_size: int = 1024) -> np.ndarray:
+        """Softmax probabilities of every member.
+
+        Parameters
+        ----------
+        X : array, shape (N, H, W) or (N, 1, H, W)
+        batch_size : int
+
+        Returns
+        -------
+        ndarray, float32, shape (M, N, K)
+        """
+        x = _as_patterns(X)
+        if x.shape[2] != self.input_size:
+            raise ValueError(
+                f"this model takes {self.input_size} x {self.input_size} patterns, found {x.shape[2]} x {x.shape[3]}; "
+                "preprocess with the model's preprocessing (TrainedModel.preprocess_state)"
+            )
+        nets = self._fast_nets()
+        out = np.empty((len(nets), len(x), len(self.class_names)), dtype=np.float32)
+        with torch.inference_mode():
+            for s in range(0, len(x), batch_size):
+                xb = torch.from_numpy(x[s : s + batch_size]).to(self._device)
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                for m, net in enumerate(nets):
+                    out[m, s : s + len(xb)] = torch.softmax(net(xb).float(), dim=1).cpu().numpy()
+        return out
+
+    def predict_proba(self, X: Any, batch_size: int = 1024, return_std: bool = False) -> Any:
+        """Ensemble class probabilities.
+
+        Parameters
+        ----------
+        X : array, shape (N, H, W) or (N, 1, H, W)
+            Preprocessed patterns.
+        batch_size : int
+        return_std : bool
+            Also return the members' standard deviation per class.
+
+        Returns
+        -------
+        proba : ndarray, float32, shape (N, K)
+            Mean of the members' softmax outputs.
+        std : ndarray, float32, shape (N, K)
+            Only with ``return_std``; zeros for a single member.
+        """
+        members = self.member_probabilities(X, batch_size)
+        mean = members.mean(axis=0)
+        if return_std:
+            return mean, members.std(axis=0)
+        return mean
+
+    def predict(self, X: Any, batch_size: int = 1024) -> np.ndarray:
+        """Most probable class index per pattern, shape (N,)."""
+        return self.predict_proba(X, batch_size).argmax(axis=1)
+
+    # -- persistence ---------------------------------------------------------------------
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "class_names": self.class_names,
+            "class_colors": self.class_colors,
+            "model_config": self.model_config,
+            "preprocess_state": self.preprocess_state,
+            "history": self.history,
+            "report": self.report,
+            "provenance": self.provenance,
+            "train_config": self.train_config,
+        }
+
+    def save(self, path_or_buffer: str | os.PathLike | IO[bytes]) -> None:
+        """Write a checkpoint: tensors + JSON metadata, nothing executable.
+
+        Parameters
+        ----------
+        path_or_buffer : path or binary file-like
+        """
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "metadata": json.dumps(_json_safe(self._metadata(), "model metadata")),
+            "members": [{k: v.detach().cpu().clone() for k, v in n.state_dict().items()} for n in self.nets],
+        }
+        if isinstance(path_or_buffer, (str, os.PathLike)):
+            path = Path(path_or_buffer)
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(payload, tmp)
+            os.replace(tmp, path)  # atomic: a crash never leaves half a checkpoint
+        else:
+            torch.save(payload, path_or_buffer)
+
+    def to_bytes(self) -> bytes:
+        """The checkpoint as bytes (for workspace files and downloads)."""
+        buf = io.BytesIO()
+        self.save(buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "TrainedModel":
+        """Inverse of :meth:`to_bytes`."""
+        return cls.load(data)
+
+    @classmethod
+    def load(cls, path_or_bytes: str | os.PathLike | bytes | IO[bytes]) -> "TrainedModel":
+        """Read a checkpoint written by :meth:`save`.
+
+        Only ``torch.load(..., weights_only=True)`` is used, so a file holding
+        pickled objects (code) is refused without running anything.
+
+        Parameters
+        ----------
+        path_or_bytes : path, bytes or binary file-like
+
+        Returns
+        -------
+        TrainedModel
+            On the CPU, in eval mode.
+
+        Raises
+        ------
+        CheckpointError
+            Unsafe content, not a polmap checkpoint, or architecture/classes
+            that do not match the stored weights.
+        """
+        src: Any = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
+        where = str(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else "checkpoint"
+        try:
+            payload = torch.load(src, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"{where}: refused: it contains pickled objects other than tensors and plain data "
+                f"(possibly code); polmap checkpoints never do. Detail: {str(exc).splitlines()[0]}"
+            ) from None
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # truncated zip, not a torch file, ...
+            raise CheckpointError(f"{where}: not a readable polmap checkpoint ({type(exc).__name__}: {exc})") from None
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{where}: not a polmap model checkpoint (format={getattr(payload, 'get', lambda k: None)('format')!r})")
+        if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
+            raise CheckpointError(f"{where}: checkpoint version {payload.get('version')} is newer than this polmap supports")
+        try:
+            meta = json.loads(payload["metadata"])
+            members = payload["members"]
+            mc = meta["model_config"]
+            names = list(meta["class_names"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: metadata missing or malformed ({exc})") from None
+        if not isinstance(members, list) or not members:
+            raise CheckpointError(f"{where}: no network weights in the checkpoint")
+        if int(mc.get("n_classes", -1)) != len(names):
+            raise CheckpointError(
+                f"{where}: inconsistent: the network has {mc.get('n_classes')} outputs but {len(names)} class names {names}"
+            )
+        colors = meta.get("class_colors")
+        if colors is not None and len(colors) != len(names):
+            raise CheckpointError(f"{where}: {len(colors)} class colours for {len(names)} classes")
+        nets = []
+        for i, sd in enumerate(members):
+            try:
+                net = build_model(mc["name"], int(mc["n_classes"]), int(mc["input_size"]), **mc.get("options", {}))
+                if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+                    raise ValueError("weights are not a dict of tensors")
+                net.load_state_dict(sd, strict=True)
+            except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+                raise CheckpointError(
+                    f"{where}: member {i} does not match architecture {mc.get('name')!r} "
+                    f"(classes={len(names)}, input={mc.get('input_size')}): {str(exc).splitlines()[0]}"
+                ) from None
+            nets.append(net.eval())
+        return cls(
+            nets,
+            names,
+            colors,
+            mc,
+            preprocess_state=meta.get("preprocess_state"),
+            history=meta.get("history"),
+            report=meta.get("report"),
+            provenance=meta.get("provenance"),
+            train_config=meta.get("train_config"),
+        )
+
+
+# --------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------
+def _check_inputs(
+    X: Any, y: Any, class_names: Sequence[str], config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    names = [str(n) for n in class_names]
+    if len(names) < 2:
+        raise ValueError(f"need at least 2 class names, got {names}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names must be unique, got {names}")
+    y_arr = np.asarray(y)
+    if y_arr.ndim != 1:
+        raise ValueError(f"y must be 1-D (one class per pattern), found shape {y_arr.shape}")
+    if len(y_arr) == 0:
+        raise ValueError("no labels: label some positions before training")
+    if y_arr.dtype.kind in "USO":  # class names
+        unknown = sorted({str(v) for v in y_arr} - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not in class_names {names}")
+        y_idx = np.array([names.index(str(v)) for v in y_arr], dtype=np.int64)
+    elif y_arr.dtype.kind in "iu":
+        bad = sorted({int(v) for v in y_arr if v < 0 or v >= len(names)})
+        if bad:
+            raise ValueError(f"label indices {bad} are not in class_names (valid: 0..{len(names) - 1} for {names})")
+        y_idx = y_arr.astype(np.int64)
+    else:
+        raise ValueError(f"y must hold class indices (int) or class names (str), found dtype {y_arr.dtype}")
+    x = _as_patterns(X)
+    if len(x) != len(y_idx):
+        raise ValueError(f"X has {len(x)} patterns but y has {len(y_idx)} labels")
+    if not np.isfinite(x).all():
+        raise ValueError("X contains NaN or infinite values")
+    present = np.unique(y_idx)
+    if len(present) < 2:
+        raise ValueError(
+            f"all {len(y_idx)} labels are class {names[int(present[0])]!r}; label at least two classes to train a classifier"
+        )
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; choose one of {sorted(MODELS)}")
+    if config.input_size is not None and int(config.input_size) != x.shape[2]:
+        raise ValueError(
+            f"TrainConfig.input_size={config.input_size} but the patterns are {x.shape[2]} x {x.shape[3]}; "
+            "preprocess to the model's input size"
+        )
+    return x, y_idx, names
+
+
+def _epoch_indices(y: np.ndarray, n: int, balance: bool, g: torch.Generator) -> torch.Tensor:
+    counts = np.bincount(y)
+    w = 1.0 / counts[y] if balance else np.ones(len(y))
+    return torch.multinomial(torch.as_tensor(w, dtype=torch.float64), n, replacement=True, generator=g)
+
+
+def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[float, float, np.ndarray]:
+    net.eval()
+    with torch.inference_mode():
+        logits = torch.cat([net(x[s : s + 512].to(device)).float().cpu() for s in range(0, len(x), 512)])
+    loss = float(F.cross_entropy(logits, y))
+    proba = torch.softmax(logits, 1).numpy()
+    acc = float((proba.argmax(1) == y.numpy()).mean())
+    return loss, acc, proba
+
+
+def _recalibrate_batchnorm(net: nn.Module, x: torch.Tensor, augmenter: Augmenter, device: torch.device) -> None:
+    """Re-estimate batch-norm statistics on the clean training patterns.
+
+    The running averages kept during a short training (a few dozen steps) still
+    remember their initial values and the noisier augmented batches; the
+    antisymmetric input channels are ~100x weaker than the pattern, so a stale
+    variance mis-scales exactly the polar signal at inference. One forward pass
+    over the training patterns under every usable symmetry operation gives
+    exact averages. Labels are not used; validation patterns are not seen.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    net.train()
+    with torch.no_grad():
+        views = torch.cat([apply_op(x, op) for op in augmenter.ops])
+        for s in range(0, len(views), 256):
+            b = views[s : s + 256]
+            if len(b) > 1:
+                net(b.to(device))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    net.eval()
+
+
+@dataclass
+class _MemberJob:
+    member: int
+    seed: int
+    net: nn.Module
+    train_idx: np.ndarray
+    val_idx: np.ndarray | None
+
+
+def _train_member(
+    job: _MemberJob,
+    x_all: torch.Tensor,
+    y_all: np.ndarray,
+    config: TrainConfig,
+    augmenter: Augmenter,
+    device: torch.device,
+    n_members: int,
+    report: Callable[[dict[str, Any]], None],
+    stop: threading.Event,
+    t0: float,
+) -> list[dict[str, Any]]:
+    """Train one member in place; safe to run in a worker thread (own random streams)."""
+    net = job.net.to(device)
+    x, y = x_all[job.train_idx], y_all[job.train_idx]
+    x_val = x_all[job.val_idx] if job.val_idx is not None else None
+    y_val_t = torch.as_tensor(y_all[job.val_idx]) if job.val_idx is not None else None
+    g = torch.Generator().manual_seed(job.seed)  # batches, augmentation, dropout masks
+    dropouts = [m for m in net.modules() if isinstance(m, SeededDropout)]
+    for m in dropouts:
+        m.generator = g
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n_per_epoch = max(int(config.samples_per_epoch), len(y))
+    steps = math.ceil(n_per_epoch / config.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15)
+    y_t = torch.as_tensor(y)
+    history: list[dict[str, Any]] = []
+    smooth = None
+    best = math.inf
+    wait = 0
+    try:
+        for epoch in range(config.epochs):
+            net.train()
+            idx = _epoch_indices(y, n_per_epoch, config.class_balance, g)
+            total, seen = 0.0, 0
+            for s in range(0, n_per_epoch, config.batch_size):
+                if stop.is_set():
+                    raise TrainingCancelled(
+                        f"training cancelled during member {job.member + 1}/{n_members}, epoch {epoch + 1}"
+                    )
+                b = idx[s : s + config.batch_size]
+                if len(b) < 2:  # batch norm needs two samples
+                    continue
+                xb, yb = augmenter(x[b], y_t[b], g)
+                loss = F.cross_entropy(net(xb.to(device)), yb.to(device), label_smoothing=config.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(b)
+                seen += len(b)
+            train_loss = total / max(seen, 1)
+            rec: dict[str, Any] = {
+                "member": job.member,
+                "n_members": n_members,
+                "epoch": epoch + 1,
+                "epochs": config.epochs,
+                "loss": train_loss,
+                "lr": float(sched.get_last_lr()[0]),
+                "val_loss": None,
+                "val_acc": None,
+                "elapsed_s": time.perf_counter() - t0,
+            }
+            if x_val is not None and y_val_t is not None:
+                rec["val_loss"], rec["val_acc"], _ = _evaluate(net, x_val, y_val_t, device)
+            history.append(rec)
+            report(dict(rec))
+            # Early stopping on the (smoothed) training loss only: validation labels
+            # must not pick the member they validate.
+            smooth = train_loss if smooth is None else 0.6 * smooth + 0.4 * train_loss
+            if smooth < best * 0.98:
+                best, wait = smooth, 0
+            else:
+                wait += 1
+            if config.patience and wait >= config.patience:
+                history[-1]["stopped_early"] = True
+                break
+        _recalibrate_batchnorm(net, x, augmenter, device)
+    finally:
+        for m in dropouts:
+            m.generator = None  # generators are not part of the model (nor picklable)
+    net.eval()
+    return history
+
+
+def _n_workers(config: TrainConfig, device: torch.device, n_members: int) -> int:
+    if config.workers is not None:
+        return max(1, min(int(config.workers), n_members))
+    if device.type != "cpu":
+        return 1
+    # Members are independent: run them side by side, one core each.
+    return max(1, min(2, os.cpu_count() or 1, n_members))
+
+
+def train_model(
+    X: Any,
+    y: Any,
+    class_names: Sequence[str],
+    config: TrainConfig | None = None,
+    class_colors: Sequence[str] | None = None,
+    preprocess_state: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    cancel: CancelLike = None,
+) -> TrainedModel:
+    """Train a cross-validation ensemble on labelled, preprocessed patterns.
+
+    Parameters
+    ----------
+    X : array, shape (N, H, W) or (N, 1, H, W)
+        Preprocessed patterns (e.g. ``Preprocessor.transform_positions``).
+    y : array, shape (N,)
+        Class indices into ``class_names`` or class names.
+    class_names : sequence of str
+    config : TrainConfig, optional
+    class_colors : sequence of str, optional
+        ``"#rrggbb"`` per class, stored with the model.
+    preprocess_state : dict, optional
+        ``Preprocessor.state_dict()`` of ``X``; stored so predictions can check
+        compatibility, and its ``scaling`` tells the dose augmentation how to
+        add counting noise.
+    provenance : dict, optional
+        JSON-safe facts to keep (e.g. ``dataset_fingerprint``, ``label_hash``).
+    progress : callable, optional
+        Called from the calling thread after every epoch of every member with
+        a dict: ``member``, ``n_members``, ``epoch``, ``epochs``, ``loss``,
+        ``val_loss``, ``val_acc``, ``lr``, ``elapsed_s``.
+    cancel : callable or threading.Event, optional
+        Polled while training; when it returns/is True, training stops and
+        :class:`TrainingCancelled` is raised (``.partial`` holds finished members).
+
+    Returns
+    -------
+    TrainedModel
+
+    Raises
+    ------
+    ValueError
+        No labels, a single class, labels not in ``class_names``, ``X``/``y``
+        length mismatch, non-square or wrong-size patterns, NaN in ``X``.
+    TrainingCancelled
+
+    Notes
+    -----
+    On the CPU the members train in parallel threads (``TrainConfig.workers``),
+    each with one intra-op thread: the networks are too small for torch's
+    intra-op parallelism, whose spinning threads also collapse when the cores
+    are shared. The same seed gives the same weights however many workers run.
+    """
+    config = config or TrainConfig()
+    x_np, y_idx, names = _check_inputs(X, y, class_names, config)
+    if class_colors is not None and len(class_colors) != len(names):
+        raise ValueError(f"{len(class_colors)} class colours for {len(names)} classes")
+    n_members = max(1, int(config.n_members))
+    device = resolve_device(config.device)
+    t0 = time.perf_counter()
+    scaling = "sqrt"
+    if preprocess_state and isinstance(preprocess_state.get("config"), dict):
+        scaling = str(preprocess_state["config"].get("scaling", "sqrt"))
+    augmenter = Augmenter(names, config.augment, scaling=scaling)
+    K = len(names)
+    counts = np.bincount(y_idx, minlength=K)
+    n = len(y_idx)
+
+    # Is honest validation possible? Labels of classes with a single label are
+    # never held out (a member without them could not predict the class at all);
+    # they train every member and are left out of the out-of-fold estimate.
+    singles = [k for k in range(K) if counts[k] == 1]
+    can_hold_out = np.isin(y_idx, [k for k in range(K) if counts[k] >= 2])
+    reasons = []
+    if n < config.min_labels_for_validation:
+        reasons.append(f"only {n} labels (< {config.min_labels_for_validation})")
+    if len(np.unique(y_idx[can_hold_out])) < 2:
+        reasons.append("fewer than two classes have 2 or more labels")
+    if n_members < 2:
+        reasons.append("n_members=1: no fold can be held out")
+    cv = not reasons
+    folds = np.full(n, -1, dtype=np.int64)
+    if cv:
+        folds[can_hold_out] = make_folds(y_idx[can_hold_out], n_members, config.seed)
+
+    try:
+        model_build = build_model(config.model, K, x_np.shape[2], **config.model_options)
+    except ValueError as exc:
+        raise ValueError(f"patterns of {x_np.shape[2]} px do not suit model {config.model!r}: {exc}") from None
+    model_config = {
+        "name": config.model,
+        "n_classes": K,
+        "input_size": int(x_np.shape[2]),
+        "options": _json_safe(config.model_options, "model_options"),
+    }
+    x_all = torch.from_numpy(x_np)
+    jobs = []
+    for m in range(n_members):
+        seed = int(config.seed) * 1000 + m
+        torch.manual_seed(seed)  # initial weights, built here so threads never share the global stream
+        net = build_model(config.model, K, x_np.shape[2], **config.model_options)
+        if cv:
+            jobs.append(_MemberJob(m, seed, net, np.nonzero(folds != m)[0], np.nonzero(folds == m)[0]))
+        else:
+            jobs.append(_MemberJob(m, seed, net, np.arange(n), None))
+
+    oof = np.full((n, K), np.nan, dtype=np.float32)
+    member_acc: list[float | None] = [None] * n_members
+    histories: dict[int, list[dict[str, Any]]] = {}
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    workers = _n_workers(config, device, n_members)
+
+    def run(job: _MemberJob) -> int:
+        histories[job.member] = _train_member(
+            job, x_all, y_idx, config, augmenter, device, n_members, events.put, stop, t0
+        )
+        if job.val_idx is not None:
+            _, acc, proba = _evaluate(job.net, x_all[job.val_idx], torch.as_tensor(y_idx[job.val_idx]), device)
+            oof[job.val_idx] = proba
+            member_acc[job.member] = acc
+        return job.member
+
+    def drain() -> None:
+        while True:
+            try:
+                rec = events.get_nowait()
+            except queue.Empty:
+                return
+            if progress is not None:
+                progress(rec)
+
+    def finish(done: list[int], cancelled: bool) -> TrainedModel:
+        done = sorted(done)
+        report = _report(
+            names, counts, cv, reasons, singles, y_idx, oof, [member_acc[m] for m in done], augmenter, device,
+            time.perf_counter() - t0, count_parameters(model_build), len(done), n_members, cancelled, workers,
+        )
+        prov = {
+            "labels_sha1": _sha1(y_idx.astype(np.int64).tobytes(), json.dumps(names).encode()),
+            "inputs_sha1": _sha1(x_np.tobytes()),
+            "n_labels": int(n),
+            "seed": int(config.seed),
+            "versions": _versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        prov.update(_json_safe(provenance or {}, "provenance"))
+        return TrainedModel(
+            [jobs[m].net.cpu().eval() for m in done],
+            names,
+            list(class_colors) if class_colors is not None else None,
+            model_config,
+            preprocess_state=_json_safe(preprocess_state, "preprocess_state") if preprocess_state else None,
+            history=[histories[m] for m in done],
+            report=report,
+            provenance=prov,
+            train_config=config.to_dict(),
+        )
+
+    old_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    done: list[int] = []
+    failure: BaseException | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="polmap-train") as pool:
+            pending = {pool.submit(run, job) for job in jobs}
+            while pending:
+                finished, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+                drain()
+                for f in finished:
+                    if f.cancelled():
+                        continue
+                    exc = f.exception()
+                    if exc is None:
+                        done.append(f.result())
+                    elif not isinstance(exc, TrainingCancelled) and failure is None:
+                        failure = exc
+                if failure is not None or _is_cancelled(cancel):
+                    stop.set()  # workers stop at their next batch; queued members never start
+                    for f in pending:
+                        f.cancel()
+            drain()
+    finally:
+        torch.set_num_threads(old_threads)
+    if failure is not None:
+        raise failure
+    if stop.is_set():
+        where = max((h[-1]["member"], h[-1]["epoch"]) for h in histories.values()) if histories else None
+        raise TrainingCancelled(
+            f"training cancelled after {len(done)} of {n_members} members"
+            + (f" (last completed epoch: member {where[0] + 1}, epoch {where[1]})" if where else ""),
+            finish(done, cancelled=True) if done else None,
+        )
+    return finish(done, cancelled=False)
+
+
+def _report(
+    names: list[str],
+    counts: np.ndarray,
+    cv: bool,
+    reasons: list[str],
+    singles: list[int],
+    y: np.ndarray,
+    oof: np.ndarray,
+    member_acc: list[float | None],
+    augmenter: Augmenter,
+    device: torch.device,
+    seconds: float,
+    n_params: int,
+    n_done: int,
+    n_members: int,
+    cancelled: bool,
+    workers: int,
+) -> dict[str, Any]:
+    K = len(names)
+    rep: dict[str, Any] = {
+        "n_labels": int(len(y)),
+        "label_counts": {names[k]: int(counts[k]) for k in range(K)},
+        "classes_without_labels": [names[k] for k in range(K) if counts[k] == 0],
+        "members_trained": n_done,
+        "n_members": n_members,
+        "cancelled": cancelled,
+        "device": str(device),
+        "parallel_members": workers,
+        "train_seconds": round(seconds, 3),
+        "n_parameters_per_member": n_params,
+        "augmentation": augmenter.describe(),
+    }
+    warnings = []
+    if rep["classes_without_labels"]:
+        warnings.append(f"classes without labels can never be predicted: {rep['classes_without_labels']}")
+    if cv:
+        done = ~np.isnan(oof[:, 0])
+        rep["validation"] = "cross-validation"
+        rep["validation_note"] = (
+            f"{n_members}-fold stratified cross-validation: member k never trained on fold k, so the "
+            "out-of-fold predictions give an honest accuracy for every validated label "
+            "(validation did not choose the stopping epoch either)"
+        )
+        if singles:
+            single_names = [names[k] for k in singles]
+            warnings.append(
+                f"classes with a single label {single_names}: that label trains every member and is not validated"
+            )
+        rep["member_val_accuracy"] = [None if a is None else round(float(a), 4) for a in member_acc]
+        rep["n_validated"] = int(done.sum())
+        if done.any():
+            pred = oof[done].argmax(1)
+            yt = y[done]
+            rep["oof_accuracy"] = round(float((pred == yt).mean()), 4)
+            cm = np.zeros((K, K), dtype=int)
+            np.add.at(cm, (yt, pred), 1)
+            rep["oof_confusion"] = cm.tolist()  # rows: true class, cols: predicted
+            rep["oof_recall"] = {
+                names[k]: (round(float(cm[k, k] / cm[k].sum()), 4) if cm[k].sum() else None) for k in range(K)
+            }
+            rep["oof_predictions"] = pred.astype(int).tolist()
+            rep["oof_label_indices"] = np.nonzero(done)[0].astype(int).tolist()
+        else:
+            rep["oof_accuracy"] = None
+    else:
+        rep["validation"] = "none"
+        rep["validation_note"] = (
+            "no validation possible: " + "; ".join(reasons)
+            + f". All {n_members} member(s) trained on all labels with different seeds; "
+            "accuracy is unknown: label more positions (at least 2 per class and 10 in all) for an honest estimate"
+        )
+        rep["member_val_accuracy"] = [None] * n_done
+        rep["n_validated"] = 0
+        rep["oof_accuracy"] = None
+    rep["warnings"] = warnings
+    return rep

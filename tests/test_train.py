@@ -1,0 +1,380 @@
+"""Training: input checks, honest validation, determinism, callbacks, safe checkpoints."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from polmap.augment import AugmentConfig
+from polmap.train import (
+    CheckpointError,
+    TrainConfig,
+    TrainedModel,
+    TrainingCancelled,
+    make_folds,
+    resolve_device,
+    train_model,
+)
+
+# One intra-op thread: on a shared 2-core machine two threads per process
+# oversubscribe the cores and make small-tensor training many times slower.
+torch.set_num_threads(1)
+
+SIGNED = ["none", "+x", "-x", "+y", "-y"]
+_VEC = {"none": (0, 0), "+x": (0, 1), "-x": (0, -1), "+y": (1, 0), "-y": (-1, 0)}
+
+
+def toy_patterns(
+    labels: np.ndarray, size: int = 32, asym: float = 0.3, dose: float = 3000.0, seed: int = 0
+) -> np.ndarray:
+    """Centred 3 x 3 disk lattices, sqrt-scaled and max-normalised like the compact preprocessing.
+
+    A polar class brightens the first-order disk along its direction (Friedel
+    asymmetry) and dims the opposite one; thickness scales all diffracted disks
+    and a random mistilt adds a small asymmetry of its own, as in real data.
+    """
+    rng = np.random.default_rng(seed)
+    c = (size - 1) / 2
+    rr, cc = np.mgrid[0:size, 0:size] - c
+    g = size / 4
+    disks = {
+        (dr, dc): (((rr - dr * g) ** 2 + (cc - dc * g) ** 2) < (size / 12) ** 2).astype(float)
+        for dr in (-1, 0, 1)
+        for dc in (-1, 0, 1)
+    }
+    out = np.empty((len(labels), size, size), np.float32)
+    for i, lab in enumerate(labels):
+        pr, pc = _VEC[SIGNED[int(lab)]]
+        thick = rng.uniform(0.6, 1.4)
+        tr, tc = rng.normal(0, asym / 8, 2)
+        img = np.full((size, size), 0.01)
+        for (dr, dc), disk in disks.items():
+            amp = 1.0 if dr == dc == 0 else 0.4 * thick * (1 + asym * (dr * pr + dc * pc) + tr * dr + tc * dc)
+            img += amp * disk
+        img = rng.poisson(img * dose) / dose
+        out[i] = np.sqrt(img / img.max())
+    return out
+
+
+def fast_config(**kw) -> TrainConfig:
+    base = dict(epochs=8, samples_per_epoch=64, batch_size=32, n_members=3, patience=0, lr=5e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def toy() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), 8)
+    rng.shuffle(y)
+    y_test = rng.integers(0, 5, 300)
+    return {"X": toy_patterns(y, seed=1), "y": y, "X_test": toy_patterns(y_test, seed=2), "y_test": y_test}
+
+
+@pytest.fixture(scope="module")
+def trained(toy: dict[str, np.ndarray]) -> TrainedModel:
+    return train_model(
+        toy["X"], toy["y"], SIGNED, fast_config(), class_colors=["#888888", "#ff0000", "#00ffff", "#80ff00", "#8000ff"],
+        preprocess_state={"format": "polmap-preprocess", "config": {"scaling": "sqrt", "output_size": 32}},
+        provenance={"dataset_fingerprint": "abc123"},
+    )
+
+
+# -- input checks ------------------------------------------------------------------------
+def test_clear_errors_for_bad_inputs(toy: dict[str, np.ndarray]) -> None:
+    X, y = toy["X"], toy["y"]
+    cfg = fast_config()
+    with pytest.raises(ValueError, match="no labels"):
+        train_model(X[:0], y[:0], SIGNED, cfg)
+    with pytest.raises(ValueError, match="all 6 labels are class '\\+x'"):
+        train_model(X[:6], np.ones(6, int), SIGNED, cfg)
+    with pytest.raises(ValueError, match=r"label indices \[7\] are not in class_names"):
+        train_model(X[:3], np.array([0, 1, 7]), SIGNED, cfg)
+    with pytest.raises(ValueError, match=r"labels \['\+z'\] are not in class_names"):
+        train_model(X[:3], np.array(["none", "+x", "+z"]), SIGNED, cfg)
+    with pytest.raises(ValueError, match="X has 40 patterns but y has 39 labels"):
+        train_model(X, y[:-1], SIGNED, cfg)
+    with pytest.raises(ValueError, match="input_size=48 but the patterns are 32 x 32"):
+        train_model(X, y, SIGNED, fast_config(input_size=48))
+    with pytest.raises(ValueError, match="square"):
+        train_model(X[:, :, :30], y, SIGNED, cfg)
+    with pytest.raises(ValueError, match="do not suit model 'compact'"):
+        train_model(X[:, :8, :8], y, SIGNED, cfg)
+    with pytest.raises(ValueError, match="NaN"):
+        bad = X.copy()
+        bad[0, 0, 0] = np.nan
+        train_model(bad, y, SIGNED, cfg)
+    with pytest.raises(ValueError, match="unique"):
+        train_model(X, y, ["a", "a", "b", "c", "d"], cfg)
+    with pytest.raises(ValueError, match="unknown model"):
+        train_model(X, y, SIGNED, fast_config(model="vgg"))
+
+
+def test_folds_are_stratified_and_balanced() -> None:
+    y = np.array([0] * 10 + [1] * 7 + [2] * 3)
+    f = make_folds(y, 5, seed=0)
+    assert np.bincount(f).max() - np.bincount(f).min() <= 1
+    for k in range(3):
+        counts = np.bincount(f[y == k], minlength=5)
+        assert counts.max() - counts.min() <= 1  # each class spread evenly
+    assert np.array_equal(f, make_folds(y, 5, seed=0))
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+
+
+# -- training ------------------------------------------------------------------------------
+def test_learns_the_toy_problem_with_honest_report(trained: TrainedModel, toy: dict[str, np.ndarray]) -> None:
+    acc = float((trained.predict(toy["X_test"]) == toy["y_test"]).mean())
+    assert acc >= 0.85  # chance is 0.2; 3 members x 16 steps of training
+    rep = trained.report
+    assert rep["validation"] == "cross-validation" and rep["n_members"] == 3 == trained.n_members
+    assert 0.6 <= rep["oof_accuracy"] <= 1.0
+    # Out-of-fold predictions exist for every label and agree with the confusion matrix.
+    assert sorted(rep["oof_label_indices"]) == list(range(40))
+    cm = np.array(rep["oof_confusion"])
+    assert cm.sum() == 40 and np.trace(cm) / 40 == pytest.approx(rep["oof_accuracy"], abs=1e-4)
+    assert len(rep["member_val_accuracy"]) == 3
+    assert rep["augmentation"]["symmetry_ops_used"][0] == "identity"
+    assert len(rep["augmentation"]["symmetry_ops_used"]) == 8
+    assert rep["device"] == "cpu" and rep["train_seconds"] > 0
+    assert rep["n_parameters_per_member"] == trained.n_parameters
+    assert trained.provenance["dataset_fingerprint"] == "abc123"
+    assert trained.provenance["n_labels"] == 40 and len(trained.provenance["labels_sha1"]) == 16
+    assert trained.provenance["versions"]["torch"] == torch.__version__
+    assert len(trained.history) == 3 and len(trained.history[0]) == 8
+    assert trained.history[0][-1]["val_acc"] is not None
+
+
+def test_validation_folds_never_train_their_member(toy: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Spy on every pattern that reaches a member's optimiser (via the augmenter) or its
+    # batch-norm recalibration, and check none of them is in the member's validation fold.
+    import polmap.train as train_mod
+    from polmap.augment import Augmenter
+
+    X, y = toy["X"], toy["y"]
+    rows = {X[i].tobytes(): i for i in range(len(X))}
+    current: dict = {}
+    fed: dict[int, set] = {}
+    held: dict[int, set] = {}
+    real_member, real_aug, real_bn = train_mod._train_member, Augmenter.__call__, train_mod._recalibrate_batchnorm
+
+    def spy_member(job, *args, **kwargs):
+        current["m"] = job.member
+        held[job.member] = set(job.val_idx.tolist())
+        fed[job.member] = set()
+        return real_member(job, *args, **kwargs)
+
+    def spy_aug(self, x, yb, g):
+        fed[current["m"]].update(rows[p[0].numpy().tobytes()] for p in x)
+        return real_aug(self, x, yb, g)
+
+    def spy_bn(net, x, *args):
+        fed[current["m"]].update(rows[p[0].numpy().tobytes()] for p in x)
+        return real_bn(net, x, *args)
+
+    monkeypatch.setattr(train_mod, "_train_member", spy_member)
+    monkeypatch.setattr(Augmenter, "__call__", spy_aug)
+    monkeypatch.setattr(train_mod, "_recalibrate_batchnorm", spy_bn)
+    m = train_model(X, y, SIGNED, fast_config(epochs=2, workers=1))
+    assert sorted(held) == [0, 1, 2]
+    for k in held:
+        assert held[k] and not fed[k] & held[k]  # no validation pattern ever trained member k
+        assert fed[k] | held[k] == set(range(len(X)))
+    # Every label is held out exactly once; that is where its out-of-fold prediction comes from.
+    assert sorted(i for k in held for i in held[k]) == list(range(len(X)))
+    assert sorted(m.report["oof_label_indices"]) == list(range(len(X)))
+
+
+def test_random_labels_give_chance_out_of_fold_accuracy(toy: dict[str, np.ndarray]) -> None:
+    # Labels unrelated to the patterns: an honest estimate is near chance (0.2), a leaky one is not.
+    y_random = np.random.default_rng(7).permutation(toy["y"])
+    m = train_model(toy["X"], y_random, SIGNED, fast_config(epochs=8, augment=AugmentConfig(symmetry=False)))
+    assert m.report["oof_accuracy"] <= 0.45
+
+
+def test_few_labels_say_no_validation(toy: dict[str, np.ndarray]) -> None:
+    X, y = toy["X"], toy["y"]
+    pick = np.array([np.nonzero(y == k)[0][0] for k in range(5)] + [np.nonzero(y == 1)[0][1]])
+    m = train_model(X[pick], y[pick], SIGNED, fast_config(epochs=2, n_members=2))
+    assert m.report["validation"] == "none"
+    assert "only 6 labels" in m.report["validation_note"]
+    assert "fewer than two classes have 2 or more labels" in m.report["validation_note"]
+    assert m.report["oof_accuracy"] is None and m.n_members == 2
+    # A missing class is reported, not hidden.
+    no_none = y != 0
+    m2 = train_model(X[no_none], y[no_none], SIGNED, fast_config(epochs=1, n_members=2))
+    assert m2.report["classes_without_labels"] == ["none"]
+    assert any("never be predicted" in w for w in m2.report["warnings"])
+    assert m2.report["validation"] == "cross-validation"
+
+
+def test_single_label_class_trains_every_member_and_is_not_validated(toy: dict[str, np.ndarray]) -> None:
+    X, y = toy["X"], toy["y"]
+    keep = (y != 0) | (np.arange(len(y)) == np.nonzero(y == 0)[0][0])  # one "none" label only
+    m = train_model(X[keep], y[keep], SIGNED, fast_config(epochs=1, n_members=2))
+    rep = m.report
+    assert rep["validation"] == "cross-validation"
+    single = int(np.nonzero(y[keep] == 0)[0][0])
+    assert single not in rep["oof_label_indices"] and rep["n_validated"] == keep.sum() - 1
+    assert any("single label ['none']" in w for w in rep["warnings"])
+
+
+def test_class_names_as_labels(toy: dict[str, np.ndarray]) -> None:
+    names = np.array(SIGNED)[toy["y"]]
+    m = train_model(toy["X"][:, None], names, SIGNED, fast_config(epochs=1, n_members=2))
+    assert m.report["label_counts"] == {n: 8 for n in SIGNED}
+
+
+def test_same_seed_same_weights(toy: dict[str, np.ndarray]) -> None:
+    X, y = toy["X"][:20], toy["y"][:20]
+    cfg = fast_config(epochs=2, n_members=2)
+    a = train_model(X, y, SIGNED, cfg)
+    b = train_model(X, y, SIGNED, fast_config(epochs=2, n_members=2, workers=1))  # sequential: same weights
+    c = train_model(X, y, SIGNED, fast_config(epochs=2, n_members=2, seed=1))
+    for na, nb in zip(a.nets, b.nets):
+        for (k, va), vb in zip(na.state_dict().items(), nb.state_dict().values()):
+            assert torch.equal(va, vb), k
+    assert not torch.equal(a.nets[0].head[-1].weight, c.nets[0].head[-1].weight)
+
+
+def test_progress_and_cancel(toy: dict[str, np.ndarray]) -> None:
+    X, y = toy["X"], toy["y"]
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def progress(d: dict) -> None:
+        seen.append(d)
+        if d["member"] == 1 and d["epoch"] == 1:
+            stop.set()
+
+    with pytest.raises(TrainingCancelled, match="after 1 of 3 members") as info:
+        train_model(X, y, SIGNED, fast_config(epochs=3, workers=1), progress=progress, cancel=stop)
+    assert {"member", "n_members", "epoch", "epochs", "loss", "val_loss", "val_acc", "lr", "elapsed_s"} <= set(seen[0])
+    assert [(d["member"], d["epoch"]) for d in seen] == [(0, 1), (0, 2), (0, 3), (1, 1)]
+    partial = info.value.partial
+    assert partial is not None and partial.n_members == 1 and partial.report["cancelled"]
+    # A callable works as well; cancelling before anything finished leaves no partial model.
+    with pytest.raises(TrainingCancelled) as info2:
+        train_model(X, y, SIGNED, fast_config(), cancel=lambda: True)
+    assert info2.value.partial is None
+
+
+def test_early_stopping_uses_training_loss(toy: dict[str, np.ndarray]) -> None:
+    m = train_model(toy["X"], toy["y"], SIGNED, fast_config(epochs=40, patience=1, n_members=2, lr=1e-6))
+    # With a learning rate this small the loss cannot improve by 2 %: stop after patience epochs.
+    assert all(len(h) < 40 and h[-1].get("stopped_early") for h in m.history)
+
+
+def test_no_augmentation_is_reported(toy: dict[str, np.ndarray]) -> None:
+    aug = AugmentConfig(symmetry=False, dose=False, shift=False, smooth=False)
+    m = train_model(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, n_members=2, augment=aug))
+    assert m.report["augmentation"]["symmetry_ops_used"] == ["identity"]
+
+
+def test_unknown_classes_use_identity_only_and_say_so(toy: dict[str, np.ndarray]) -> None:
+    names = ["grain A", "grain B", "grain C", "grain D", "grain E"]
+    m = train_model(toy["X"][:20], toy["y"][:20], names, fast_config(epochs=1, n_members=2))
+    aug = m.report["augmentation"]
+    assert aug["symmetry_ops_used"] == ["identity"]
+    assert "not understood" in aug["symmetry_ops_skipped"]["transpose"]
+
+
+def test_config_round_trip() -> None:
+    cfg = TrainConfig(epochs=3, model_options={"channels": [8, 16, 32]}, augment=AugmentConfig(max_shift=0.2))
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert TrainConfig.from_dict(d) == cfg
+
+
+# -- the model object and checkpoints --------------------------------------------------------
+def test_predict_proba_and_std(trained: TrainedModel, toy: dict[str, np.ndarray]) -> None:
+    p, s = trained.predict_proba(toy["X_test"][:10], return_std=True)
+    assert p.shape == (10, 5) and s.shape == (10, 5)
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    assert (s >= 0).all() and s.max() > 0
+    members = trained.member_probabilities(toy["X_test"][:10])
+    np.testing.assert_allclose(members.mean(0), p, atol=1e-6)
+    with pytest.raises(ValueError, match="takes 32 x 32"):
+        trained.predict_proba(np.zeros((2, 48, 48), np.float32))
+
+
+def test_save_load_round_trip(trained: TrainedModel, toy: dict[str, np.ndarray], tmp_path: Path) -> None:
+    X = toy["X_test"][:20]
+    ref = trained.predict_proba(X)
+    path = tmp_path / "model.pt"
+    trained.save(path)
+    for loaded in (TrainedModel.load(path), TrainedModel.from_bytes(trained.to_bytes()), TrainedModel.load(str(path))):
+        np.testing.assert_allclose(loaded.predict_proba(X), ref, atol=1e-6)
+        assert loaded.class_names == SIGNED and loaded.class_colors == trained.class_colors
+        assert loaded.report == json.loads(json.dumps(trained.report))
+        assert loaded.provenance["dataset_fingerprint"] == "abc123"
+        assert loaded.preprocess_state == trained.preprocess_state
+        assert loaded.history[0][0]["epoch"] == 1
+    buf = io.BytesIO()
+    trained.save(buf)
+    buf.seek(0)
+    assert TrainedModel.load(buf).n_members == 3
+
+
+class _Payload:
+    """Pickles as a call to open(marker, "w"): loading it would create the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoint_with_code_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    # A torch.save zip whose pickle calls a function on load.
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "polmap-model", "members": [_Payload(str(marker))]}, evil)
+    with pytest.raises(CheckpointError, match="refused.*possibly code"):
+        TrainedModel.load(evil)
+    # A bare pickle stream, as bytes.
+    with pytest.raises(CheckpointError, match="refused|not a readable"):
+        TrainedModel.load(pickle.dumps(_Payload(str(marker))))
+    assert not marker.exists()
+
+
+def test_inconsistent_checkpoints_are_refused(trained: TrainedModel, tmp_path: Path) -> None:
+    payload = torch.load(io.BytesIO(trained.to_bytes()), weights_only=True)
+
+    def save(p: dict) -> bytes:
+        buf = io.BytesIO()
+        torch.save(p, buf)
+        return buf.getvalue()
+
+    meta = json.loads(payload["metadata"])
+    meta["class_names"] = SIGNED + ["+z"]
+    with pytest.raises(CheckpointError, match="5 outputs but 6 class names"):
+        TrainedModel.load(save({**payload, "metadata": json.dumps(meta)}))
+    meta = json.loads(payload["metadata"])
+    meta["model_config"]["n_classes"] = 3
+    meta["class_names"] = ["na", "vertical", "horizontal"]
+    meta["class_colors"] = None
+    with pytest.raises(CheckpointError, match="member 0 does not match architecture 'compact'"):
+        TrainedModel.load(save({**payload, "metadata": json.dumps(meta)}))
+    with pytest.raises(CheckpointError, match="not a polmap model checkpoint"):
+        TrainedModel.load(save({"weights": torch.zeros(3)}))
+    with pytest.raises(CheckpointError, match="no network weights"):
+        TrainedModel.load(save({**payload, "members": []}))
+    with pytest.raises(CheckpointError, match="not a readable"):
+        TrainedModel.load(trained.to_bytes()[:1000])
+    bad = tmp_path / "missing.pt"
+    with pytest.raises(FileNotFoundError):
+        TrainedModel.load(bad)
