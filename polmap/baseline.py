@@ -1,0 +1,568 @@
+"""Conventional (non-learned) polarization analysis to compare the CNN against.
+
+Two baselines:
+
+* **Virtual-detector rule** -- the centre of mass (COM, the DPC-like signal) and the
+  Friedel-pair asymmetry ``(I(+g) - I(-g)) / (I(+g) + I(-g))`` of the first-order
+  disks along the detector rows and columns, measured around each pattern's
+  bright-field disk. A rule maps the vector to a class: its direction gives the
+  nearest of +x, -x, +y, -y; a magnitude below a threshold gives ``none``. The rule's
+  sign and threshold are calibrated from labelled positions (what a user could do)
+  or from the full ground truth ("oracle": the best this rule can ever do).
+* **PCA + kNN** -- PCA(20) fitted on all preprocessed patterns, a 5-nearest-neighbour
+  classifier on the labelled ones (scikit-learn).
+
+Every pass over the data is chunked: ``data`` is a 4-D array ``(R, C, Qr, Qc)`` or
+any object with ``iter_chunks(max_bytes)`` yielding ``(row_slice, block)`` (e.g.
+:class:`polmap.dataset.Dataset4D`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "ConventionalMaps",
+    "RuleParams",
+    "apply_rule",
+    "calibrate_rule",
+    "com_map",
+    "conventional_maps",
+    "evaluate_preset",
+    "find_bad_pixels",
+    "lattice_from_metadata",
+    "mean_pattern",
+    "PcaKnnResult",
+    "pca_knn",
+    "rule_accuracy",
+]
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+SIGNED = ["none", "+x", "-x", "+y", "-y"]
+AXIS = ["na", "vertical", "horizontal"]
+
+
+# --------------------------------------------------------------------------------------
+# chunked access
+# --------------------------------------------------------------------------------------
+def _shape(data: Any) -> tuple[int, int, int, int]:
+    shape = tuple(int(s) for s in data.shape)
+    if len(shape) != 4:
+        raise ValueError(f"expected 4-D data (R, C, Qr, Qc), got shape {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _iter_blocks(data: Any, max_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(row_slice, float32 block (r, C, Qr, Qc))`` from an array or a dataset."""
+    if hasattr(data, "iter_chunks"):
+        for rows, block in data.iter_chunks(max_bytes):
+            yield rows, np.asarray(block, dtype=np.float32)
+        return
+    R, C, Qr, Qc = _shape(data)
+    step = max(1, int(max_bytes // max(1, C * Qr * Qc * 4)))
+    for r0 in range(0, R, step):
+        rows = slice(r0, min(R, r0 + step))
+        yield rows, np.asarray(data[rows], dtype=np.float32)
+
+
+def mean_pattern(data: Any, max_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
+    """Mean diffraction pattern over the scan, (Qr, Qc) float64."""
+    R, C, Qr, Qc = _shape(data)
+    acc = np.zeros((Qr, Qc))
+    for _, block in _iter_blocks(data, max_bytes):
+        acc += block.sum(axis=(0, 1), dtype=np.float64)
+    return acc / (R * C)
+
+
+def find_bad_pixels(mean: np.ndarray, hot_ratio: float = 2.0, dead_ratio: float = 0.3) -> np.ndarray:
+    """Hot and dead detector pixels from the mean pattern, as a (Qr, Qc) bool mask.
+
+    A pixel is hot when its mean exceeds ``hot_ratio`` times the brightest of its 8
+    neighbours, dead when it is below ``dead_ratio`` times the dimmest of them (and
+    they are lit). Comparing with the extreme neighbour rather than the median keeps
+    the sharp edges of the Bragg disks from being flagged, and works inside the
+    bright disk too, unlike a dark-field-only threshold.
+    """
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    # 'mirror' so that a border pixel is never its own neighbour
+    hi = ndimage.maximum_filter(mean, footprint=ring, mode="mirror")
+    lo = ndimage.minimum_filter(mean, footprint=ring, mode="mirror")
+    floor = 1e-6 * max(float(mean.max()), 1e-12)
+    return ((mean > hot_ratio * hi) & (mean > floor)) | ((mean < dead_ratio * lo) & (lo > floor))
+
+
+def _repair(block: np.ndarray, bad: np.ndarray | None) -> np.ndarray:
+    """Replace bad pixels by the median of their good 8-neighbours (in place)."""
+    if bad is None or not bad.any():
+        return block
+    Qr, Qc = bad.shape
+    for r, c in zip(*np.nonzero(bad)):
+        nb = [
+            (rr, cc)
+            for rr in range(max(r - 1, 0), min(r + 2, Qr))
+            for cc in range(max(c - 1, 0), min(c + 2, Qc))
+            if (rr, cc) != (r, c) and not bad[rr, cc]
+        ]
+        if nb:
+            vals = np.stack([block[..., rr, cc] for rr, cc in nb], axis=-1)
+            block[..., r, c] = np.median(vals, axis=-1)
+    return block
+
+
+def lattice_from_metadata(metadata: dict[str, Any]) -> tuple[tuple[float, float], float]:
+    """First-order disk spacing ``(g_row_px, g_col_px)`` and disk radius (px) of a simulated scan.
+
+    ``metadata`` is :attr:`SimulatedScan.metadata` or the metadata of a dataset opened
+    from a simulated file (which nests it under ``"simulation"``).
+
+    The spacing is the mean over the orientations present in the library (the
+    a-domain's c* and the a* of both), as one would measure it on the mean pattern.
+    """
+    metadata = metadata.get("simulation", metadata)  # a Dataset4D opened by polmap.io nests it
+    step = float(metadata["reciprocal_step_mrad"])
+    spacings = np.array(list(metadata["reciprocal_spacing_mrad"].values()), dtype=float)
+    g = float(spacings.mean()) / step
+    return (g, g), float(metadata["convergence_mrad"]) / step
+
+
+# --------------------------------------------------------------------------------------
+# per-pattern measurements
+# --------------------------------------------------------------------------------------
+def _disk_centres(block: np.ndarray, centre0: np.ndarray, radius: float) -> np.ndarray:
+    """Geometric bright-field disk centre of each pattern, (n, 2) (row, col) px.
+
+    The centroid of the pixels above half the disk level inside a window around
+    ``centre0``; a binary mask keeps the polar intensity gradient inside the disk
+    from biasing the centre.
+    """
+    n, Qr, Qc = block.shape
+    rr, cc = np.meshgrid(np.arange(Qr), np.arange(Qc), indexing="ij")
+    win = ((rr - centre0[0]) ** 2 + (cc - centre0[1]) ** 2) <= (radius + 3) ** 2
+    vals = block[:, win]  # (n, W)
+    level = np.percentile(vals, 90, axis=1, keepdims=True)
+    mask = vals > 0.5 * level
+    cnt = np.maximum(mask.sum(axis=1), 1)
+    return np.stack([(mask * rr[win]).sum(1) / cnt, (mask * cc[win]).sum(1) / cnt], axis=1)
+
+
+def _aperture_sums(block: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
+    """Sum inside a soft-edged circular aperture at a per-pattern centre, (n,)."""
+    n, Qr, Qc = block.shape
+    r = np.arange(Qr, dtype=np.float32)[None, :, None]
+    c = np.arange(Qc, dtype=np.float32)[None, None, :]
+    d = np.sqrt((r - centres[:, 0, None, None]) ** 2 + (c - centres[:, 1, None, None]) ** 2)
+    w = np.clip(radius + 0.5 - d, 0.0, 1.0)
+    return (block * w).sum(axis=(1, 2))
+
+
+def com_map(data: Any, *, bad_pixels: np.ndarray | None = None, max_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
+    """Centre of mass of every pattern relative to the detector centre, (R, C, 2) px (row, col).
+
+    Parameters
+    ----------
+    data : 4-D array or object with ``iter_chunks``
+    bad_pixels : (Qr, Qc) bool, optional
+        Pixels replaced by their neighbours' median before the COM.
+    max_bytes : int
+        Chunk size.
+    """
+    R, C, Qr, Qc = _shape(data)
+    rr = np.arange(Qr, dtype=np.float64) - (Qr - 1) / 2
+    cc = np.arange(Qc, dtype=np.float64) - (Qc - 1) / 2
+    out = np.zeros((R, C, 2), dtype=np.float32)
+    for rows, block in _iter_blocks(data, max_bytes):
+        block = _repair(block, bad_pixels)
+        tot = np.maximum(block.sum(axis=(2, 3), dtype=np.float64), 1e-12)
+        out[rows, :, 0] = (block.sum(axis=3, dtype=np.float64) @ rr) / tot
+        out[rows, :, 1] = (block.sum(axis=2, dtype=np.float64) @ cc) / tot
+    return out
+
+
+@dataclass
+class ConventionalMaps:
+    """Virtual-detector measurements of every pattern.
+
+    Attributes
+    ----------
+    com : (R, C, 2) float32
+        Centre of mass minus the fitted descan plane (px, row/col): the DPC-like signal.
+    friedel : (R, C, 2) float32
+        Friedel asymmetries (A_row, A_col) of the first-order disks along the detector
+        rows and columns, ``(I(+g) - I(-g)) / (I(+g) + I(-g))``.
+    disk_centre : (R, C, 2) float32
+        Measured bright-field disk centre (px).
+    descan_plane : (R, C, 2) float32
+        Plane fitted to the disk centres (used to place the apertures).
+    bad_pixels : (Qr, Qc) bool
+    """
+
+    com: np.ndarray
+    friedel: np.ndarray
+    disk_centre: np.ndarray
+    descan_plane: np.ndarray
+    bad_pixels: np.ndarray
+
+
+def _fit_plane(values: np.ndarray) -> np.ndarray:
+    """Least-squares plane over the scan for each component, one outlier-rejection pass."""
+    R, C, k = values.shape
+    rr, cc = np.meshgrid(np.arange(R), np.arange(C), indexing="ij")
+    A = np.stack([np.ones(R * C), rr.ravel(), cc.ravel()], axis=1)
+    out = np.empty_like(values, dtype=np.float64)
+    for i in range(k):
+        y = values[..., i].ravel().astype(np.float64)
+        keep = np.ones_like(y, bool)
+        for _ in range(2):
+            coef, *_ = np.linalg.lstsq(A[keep], y[keep], rcond=None)
+            res = y - A @ coef
+            keep = np.abs(res) < 3 * max(np.std(res[keep]), 1e-9)
+        out[..., i] = (A @ coef).reshape(R, C)
+    return out
+
+
+def conventional_maps(
+    data: Any,
+    g_px: Sequence[float],
+    disk_radius_px: float,
+    *,
+    aperture_fraction: float = 0.7,
+    max_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> ConventionalMaps:
+    """Descan-corrected COM and first-order Friedel asymmetries of every pattern.
+
+    Parameters
+    ----------
+    data : 4-D array or object with ``iter_chunks``
+    g_px : (float, float)
+        First-order disk spacing (row, col) in pixels.
+    disk_radius_px : float
+        Bright-field disk radius in pixels.
+    aperture_fraction : float
+        Virtual aperture radius as a fraction of the disk radius.
+    max_bytes : int
+        Chunk size.
+
+    Returns
+    -------
+    ConventionalMaps
+    """
+    R, C, Qr, Qc = _shape(data)
+    mean = mean_pattern(data, max_bytes)
+    bad = find_bad_pixels(mean)
+    mean_fixed = _repair(mean[None].copy(), bad)[0]
+    centre0 = np.array(_disk_centres(mean_fixed[None], np.array([(Qr - 1) / 2, (Qc - 1) / 2]), disk_radius_px + 3)[0])
+    centres = np.zeros((R, C, 2))
+    com = np.zeros((R, C, 2))
+    rr = np.arange(Qr, dtype=np.float64)
+    cc = np.arange(Qc, dtype=np.float64)
+    for rows, block in _iter_blocks(data, max_bytes):
+        block = _repair(block, bad)
+        flat = block.reshape(-1, Qr, Qc)
+        centres[rows] = _disk_centres(flat, centre0, disk_radius_px).reshape(-1, C, 2)
+        tot = np.maximum(block.sum(axis=(2, 3), dtype=np.float64), 1e-12)
+        com[rows, :, 0] = (block.sum(axis=3, dtype=np.float64) @ rr) / tot
+        com[rows, :, 1] = (block.sum(axis=2, dtype=np.float64) @ cc) / tot
+    plane = _fit_plane(centres)
+    com_corr = com - _fit_plane(com)  # the DPC convention: remove the descan ramp
+    friedel = np.zeros((R, C, 2))
+    ap = aperture_fraction * disk_radius_px
+    g_r, g_c = float(g_px[0]), float(g_px[1])
+    for rows, block in _iter_blocks(data, max_bytes):
+        block = _repair(block, bad)
+        flat = block.reshape(-1, Qr, Qc)
+        ctr = plane[rows].reshape(-1, 2)
+        sums = [_aperture_sums(flat, ctr + np.array(off), ap) for off in ((0, g_c), (0, -g_c), (g_r, 0), (-g_r, 0))]
+        a_col = (sums[0] - sums[1]) / np.maximum(sums[0] + sums[1], 1e-12)
+        a_row = (sums[2] - sums[3]) / np.maximum(sums[2] + sums[3], 1e-12)
+        friedel[rows] = np.stack([a_row, a_col], axis=1).reshape(-1, C, 2)
+    return ConventionalMaps(
+        com=com_corr.astype(np.float32),
+        friedel=friedel.astype(np.float32),
+        disk_centre=centres.astype(np.float32),
+        descan_plane=plane.astype(np.float32),
+        bad_pixels=bad,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the rule
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RuleParams:
+    """Sign and threshold of the vector-to-class rule.
+
+    ``sign`` multiplies the measured vector before its direction is read (the
+    relation between asymmetry and polarization has no fixed sign: it changes with
+    thickness); below ``threshold`` the class is ``none``/``na``.
+    """
+
+    sign: float = 1.0
+    threshold: float = 0.0
+
+
+def _class_kind(class_names: Sequence[str]) -> str:
+    names = list(class_names)
+    if names == SIGNED:
+        return "signed"
+    if names == AXIS:
+        return "axis"
+    raise ValueError(f"the rule knows the class sets {SIGNED} and {AXIS}, got {names}")
+
+
+def apply_rule(vectors: np.ndarray, params: RuleParams, class_names: Sequence[str]) -> np.ndarray:
+    """Classes from (..., 2) vectors (row, col): direction -> nearest class, small -> none.
+
+    Parameters
+    ----------
+    vectors : ndarray, (..., 2)
+        E.g. :attr:`ConventionalMaps.friedel` or ``.com``.
+    params : RuleParams
+    class_names : list of str
+        ``["none", "+x", "-x", "+y", "-y"]`` or ``["na", "vertical", "horizontal"]``.
+
+    Returns
+    -------
+    ndarray of int16, shape ``vectors.shape[:-1]``
+    """
+    kind = _class_kind(class_names)
+    v = np.asarray(vectors, dtype=np.float64) * params.sign
+    vr, vc = v[..., 0], v[..., 1]
+    horizontal = np.abs(vc) >= np.abs(vr)
+    small = np.hypot(vr, vc) < params.threshold
+    if kind == "signed":
+        out = np.where(horizontal, np.where(vc >= 0, 1, 2), np.where(vr >= 0, 3, 4))
+    else:
+        out = np.where(horizontal, 2, 1)
+    return np.where(small, 0, out).astype(np.int16)
+
+
+def rule_accuracy(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Fraction of positions (where ``mask`` and ``truth >= 0``) with ``pred == truth``."""
+    keep = truth >= 0
+    if mask is not None:
+        keep &= mask
+    if not keep.any():
+        return float("nan")
+    return float((pred[keep] == truth[keep]).mean())
+
+
+def calibrate_rule(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    positions: np.ndarray | None = None,
+    n_thresholds: int = 101,
+) -> tuple[RuleParams, float]:
+    """Choose the rule's sign and threshold that fit the given labels best.
+
+    Parameters
+    ----------
+    vectors : ndarray, (R, C, 2)
+    labels : ndarray
+        (R, C) int map (-1 = unlabelled) when ``positions`` is None, else (M,) classes
+        of the (M, 2) ``positions``.
+    class_names : list of str
+    positions : ndarray, (M, 2), optional
+    n_thresholds : int
+        Thresholds tried: quantiles of the vector magnitude (and 0).
+
+    Returns
+    -------
+    (RuleParams, float)
+        The parameters and their accuracy on the given labels.
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    if positions is not None:
+        pos = np.asarray(positions, dtype=int)
+        v = v[pos[:, 0], pos[:, 1]]
+        y = np.asarray(labels)
+    else:
+        y = np.asarray(labels).ravel()
+        v = v.reshape(-1, 2)
+        v, y = v[y >= 0], y[y >= 0]
+    if len(y) == 0:
+        raise ValueError("calibrate_rule needs at least one labelled position")
+    mags = np.hypot(v[:, 0], v[:, 1])
+    cands = np.unique(np.concatenate([[0.0], np.quantile(mags, np.linspace(0, 1, n_thresholds))]))
+    best, best_acc = RuleParams(), -1.0
+    for sign in (1.0, -1.0):
+        for thr in cands:
+            p = RuleParams(sign, float(thr) * (1 + 1e-9))
+            acc = float((apply_rule(v, p, class_names) == y).mean())
+            if acc > best_acc:
+                best, best_acc = p, acc
+    return best, best_acc
+
+
+# --------------------------------------------------------------------------------------
+# PCA + kNN
+# --------------------------------------------------------------------------------------
+@dataclass
+class PcaKnnResult:
+    """Output of :func:`pca_knn`.
+
+    Attributes
+    ----------
+    label_map : (R, C) int16
+    probabilities : (R, C, K) float32
+        kNN vote fractions.
+    explained_variance_ratio : (n_components,) float
+    """
+
+    label_map: np.ndarray
+    probabilities: np.ndarray
+    explained_variance_ratio: np.ndarray
+
+
+def _pca_features(block: np.ndarray, bad: np.ndarray, shift: np.ndarray, bin_factor: int) -> np.ndarray:
+    """Repair, undo descan by an integer roll, bin, sqrt and normalise each pattern."""
+    n, Qr, Qc = block.shape
+    block = _repair(block, bad)
+    out = np.empty_like(block)
+    for i in range(n):
+        out[i] = np.roll(block[i], (-int(shift[i, 0]), -int(shift[i, 1])), axis=(0, 1))
+    if bin_factor > 1:
+        b = bin_factor
+        out = out[:, : Qr // b * b, : Qc // b * b].reshape(n, Qr // b, b, Qc // b, b).sum(axis=(2, 4))
+    out = np.sqrt(np.maximum(out, 0))
+    out /= np.maximum(out.sum(axis=(1, 2), keepdims=True), 1e-12)
+    return out.reshape(n, -1)
+
+
+def pca_knn(
+    data: Any,
+    positions: np.ndarray,
+    classes: np.ndarray,
+    n_classes: int,
+    *,
+    n_components: int = 20,
+    n_neighbors: int = 5,
+    disk_radius_px: float | None = None,
+    bin_factor: int = 2,
+    seed: int = 0,
+    max_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> PcaKnnResult:
+    """PCA fitted on all preprocessed patterns, kNN on the labelled ones.
+
+    Preprocessing: bad-pixel repair, integer re-centring on the fitted descan plane
+    of the bright-field disk, ``bin_factor`` binning, square root, unit sum.
+
+    Parameters
+    ----------
+    data : 4-D array or object with ``iter_chunks``
+    positions : (M, 2) int
+        Labelled scan positions (row, col).
+    classes : (M,) int
+        Their classes in ``range(n_classes)``.
+    n_classes : int
+    n_components, n_neighbors : int
+        PCA components (20) and neighbours (5).
+    disk_radius_px : float, optional
+        Bright-field disk radius for the centring; default Qr / 12.
+    bin_factor : int
+    seed : int
+        Seed of the randomized SVD.
+    max_bytes : int
+
+    Returns
+    -------
+    PcaKnnResult
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsClassifier
+
+    R, C, Qr, Qc = _shape(data)
+    pos = np.asarray(positions, dtype=int)
+    y = np.asarray(classes, dtype=int)
+    if len(pos) != len(y) or len(y) == 0:
+        raise ValueError(f"need matching non-empty positions and classes, got {len(pos)} and {len(y)}")
+    radius = disk_radius_px if disk_radius_px is not None else Qr / 12
+    mean = mean_pattern(data, max_bytes)
+    bad = find_bad_pixels(mean)
+    centre0 = np.array([(Qr - 1) / 2, (Qc - 1) / 2])
+    centres = np.zeros((R, C, 2))
+    for rows, block in _iter_blocks(data, max_bytes):
+        centres[rows] = _disk_centres(_repair(block, bad).reshape(-1, Qr, Qc), centre0, radius).reshape(-1, C, 2)
+    shift = np.rint(_fit_plane(centres) - centre0)
+    feats = []
+    for rows, block in _iter_blocks(data, max_bytes):
+        feats.append(_pca_features(block.reshape(-1, Qr, Qc), bad, shift[rows].reshape(-1, 2), bin_factor))
+    X = np.concatenate(feats).astype(np.float32)
+    pca = PCA(n_components=min(n_components, X.shape[0], X.shape[1]), svd_solver="randomized", random_state=seed)
+    Z = pca.fit_transform(X)
+    knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, len(y)))
+    knn.fit(Z[pos[:, 0] * C + pos[:, 1]], y)
+    proba_known = knn.predict_proba(Z)
+    proba = np.zeros((R * C, n_classes), dtype=np.float32)
+    proba[:, knn.classes_] = proba_known
+    label_map = np.argmax(proba, axis=1).reshape(R, C).astype(np.int16)
+    return PcaKnnResult(label_map, proba.reshape(R, C, n_classes), pca.explained_variance_ratio_)
+
+
+# --------------------------------------------------------------------------------------
+# evaluation on simulated presets
+# --------------------------------------------------------------------------------------
+def evaluate_preset(preset: str = "demo", class_set: str = "signed", n_labels: Sequence[int] = (50, 200), seed: int = 0) -> dict[str, Any]:
+    """Accuracy of every baseline on a simulated preset against its ground truth.
+
+    Random labelled positions (``n_labels`` of them, drawn with ``seed``) calibrate the
+    rule and train the kNN; "oracle" calibrates the rule on the full ground truth.
+
+    Returns
+    -------
+    dict
+        ``{"friedel": {...}, "com": {...}, "pca_knn": {...}, "n_positions": ..., "walls": ...}``
+        with accuracies over all positions and over non-wall positions.
+    """
+    from polmap.simulate import get_preset, simulate_scan
+
+    scan = simulate_scan(get_preset(preset, class_set=class_set))
+    truth, names, walls = scan.label_map, scan.class_names, scan.wall_mask
+    g, r = lattice_from_metadata(scan.metadata)
+    maps = conventional_maps(scan.data, g, r)
+    R, C = truth.shape
+    res: dict[str, Any] = {"preset": preset, "class_set": class_set, "n_positions": R * C, "walls": int(walls.sum())}
+    for name, vec in (("friedel", maps.friedel), ("com", maps.com)):
+        params, acc = calibrate_rule(vec, truth, names)
+        pred = apply_rule(vec, params, names)
+        entry = {"oracle": acc, "oracle_no_walls": rule_accuracy(pred, truth, ~walls), "oracle_sign": params.sign}
+        for n in n_labels:
+            idx = np.random.default_rng(seed + n).choice(R * C, n, replace=False)
+            pos = np.stack([idx // C, idx % C], axis=1)
+            p_lab, _ = calibrate_rule(vec, truth[pos[:, 0], pos[:, 1]], names, positions=pos)
+            entry[f"labelled_{n}"] = rule_accuracy(apply_rule(vec, p_lab, names), truth)
+        res[name] = entry
+    knn: dict[str, float] = {}
+    for n in n_labels:
+        idx = np.random.default_rng(seed + n).choice(R * C, n, replace=False)
+        pos = np.stack([idx // C, idx % C], axis=1)
+        out = pca_knn(scan.data, pos, truth[pos[:, 0], pos[:, 1]], len(names), disk_radius_px=r, seed=seed)
+        knn[f"labelled_{n}"] = rule_accuracy(out.label_map, truth)
+        knn[f"labelled_{n}_no_walls"] = rule_accuracy(out.label_map, truth, ~walls)
+    res["pca_knn"] = knn
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m polmap.baseline [--preset demo] [--class-set signed|axis]``: print accuracies."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m polmap.baseline", description=main.__doc__)
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--class-set", default="signed", choices=["signed", "axis"])
+    ap.add_argument("--labels", type=int, nargs="+", default=[50, 200])
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    res = evaluate_preset(args.preset, args.class_set, args.labels, args.seed)
+    print(json.dumps(res, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
