@@ -281,13 +281,15 @@ class _HotPixelRepair:
             flat, lists = by_count.setdefault(len(nbrs), ([], []))
             flat.append(int(r * qc + c))
             lists.append(nbrs)
-        for k, (flat, lists) in sorted(by_count.items()):
+        for _, (flat, lists) in sorted(by_count.items()):
             self.groups.append((np.array(flat, dtype=np.int64), np.array(lists, dtype=np.int64)))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Repair float patterns ``x`` (N, Qr, Qc) in place and return them."""
         if not self.groups:
             return x
+        if not x.flags.c_contiguous:
+            raise ValueError("hot-pixel repair works in place on C-contiguous patterns")
         flat = x.reshape(x.shape[0], -1)
         for bad_idx, nbr_idx in self.groups:
             flat[:, bad_idx] = np.median(flat[:, nbr_idx], axis=-1)
@@ -325,7 +327,8 @@ def bin_patterns(patterns: np.ndarray, factor: int) -> np.ndarray:
 
     Returns
     -------
-    ndarray, shape (..., Qr // factor, Qc // factor), float32 (float64 input stays float64)
+    ndarray, shape (..., Qr // factor, Qc // factor)
+        float32 (float64 input stays float64); ``factor=1`` returns the input as is.
     """
     p = np.asarray(patterns)
     if factor == 1:
@@ -586,9 +589,10 @@ class Preprocessor:
     hot_pixels : ndarray of int, shape (K, 2)
         Repaired detector pixels.
     plane : ndarray, shape (2, 3) or None
-        Descan plane (raw px): ``centre = plane @ [1, row, col]``.
+        Descan plane (raw px): ``centre = plane @ [1, row, col]``, fitted for
+        "plane" (the shift) and "disk" (where each pattern's disk search starts).
     search_margin : float
-        How far (raw px) a disk may sit from the fitted beam centre.
+        How far (raw px) a disk may sit from where its search starts.
     mean_pattern : ndarray or None
         Mean raw pattern from :meth:`fit` (diagnostic, not part of the state).
     disk_centre_map : ndarray, shape (R, C, 2) or None
@@ -720,16 +724,16 @@ class Preprocessor:
                 # Generous search while measuring the descan.
                 margin_b = max(3.0, 0.5 * r_b)
             if want_centres:
-                step = self._sub_n()
-                base = rows.start * cols
-
-                def measure(s: int) -> None:
-                    x = self._binned(self._repaired(flat[s : s + step].astype(np.float32)))
-                    c = disk_centres(x, beam_b, r_b, margin=margin_b, nan_if_missing=True)
-                    centre_map.reshape(-1, 2)[base + s : base + s + len(x)] = _to_raw(c, b)
-
-                for fut in [_pool().submit(measure, s) for s in range(0, len(flat), step)]:
-                    fut.result()
+                for row in range(rows.start, rows.stop):
+                    # Descan drifts smoothly: start each search from the disk found in
+                    # the same column of the row above (row by row, so the result
+                    # does not depend on the chunking).
+                    guess = beam_b if row == 0 else _to_binned(centre_map[row - 1], b)
+                    if row > 0:
+                        fill = np.nanmedian(guess, axis=0) if np.isfinite(guess).any() else beam_b
+                        guess = np.where(np.isfinite(guess), guess, fill)
+                    self._measure_row(flat[(row - rows.start) * cols : (row - rows.start + 1) * cols],
+                                      guess, r_b, margin_b, centre_map[row])
             if progress is not None:
                 progress(rows.stop, rows_total)
 
@@ -745,14 +749,36 @@ class Preprocessor:
         self.plane = None
         if want_centres:
             self.disk_centre_map = centre_map
-            dev = np.linalg.norm(centre_map - np.array(self.beam_centre), axis=-1)
-            if np.isfinite(dev).any():
-                # Room for the descan actually seen, plus a little.
-                self.search_margin = float(max(self.search_margin, np.nanmax(dev) + 2.0 * b))
-            if cfg.centring == "plane":
+            # "plane" shifts by the plane; "disk" starts each search from it.
+            if cfg.centring == "plane" or np.isfinite(centre_map[..., 0]).sum() >= 3:
                 self.plane = _fit_plane(centre_map)
+            rr, cc = np.indices(self.scan_shape)
+            pos = np.stack([rr.ravel(), cc.ravel()], axis=1)
+            predicted = _to_raw(self._plane_at(pos), b).reshape(centre_map.shape)
+            dev = np.linalg.norm(centre_map - predicted, axis=-1)
+            if np.isfinite(dev).any():
+                # Room for the local deflections actually seen, plus a little.
+                self.search_margin = float(max(self.search_margin, np.nanmax(dev) + 2.0 * b))
         self.fingerprint = dataset.fingerprint
         return self
+
+    def _measure_row(self, raw: np.ndarray, guess: np.ndarray, r_b: float, margin_b: float, out: np.ndarray) -> None:
+        """Disk centres (raw px, NaN if none) of one scan row's raw patterns into ``out`` (C, 2)."""
+        b = self.config.bin_factor
+        step = self._sub_n()
+        guess = np.broadcast_to(guess, (len(raw), 2))
+
+        def measure(s: int) -> None:
+            x = self._binned(self._repaired(raw[s : s + step].astype(np.float32)))
+            c = disk_centres(x, guess[s : s + step], r_b, margin=margin_b, nan_if_missing=True)
+            out[s : s + len(x)] = _to_raw(c, b)
+
+        starts = range(0, len(raw), step)
+        if len(starts) == 1:
+            measure(0)
+            return
+        for fut in [_pool().submit(measure, s) for s in starts]:
+            fut.result()
 
     # -- stage 1: everything but boxing ------------------------------------------------
     def _sub_n(self) -> int:
@@ -779,7 +805,8 @@ class Preprocessor:
         if cfg.centring == "none":
             return None
         if cfg.centring == "disk":
-            return disk_centres(x, beam_b, self.bf_radius / b, margin=self.search_margin / b)
+            guess = beam_b if positions is None else self._plane_at(positions)
+            return disk_centres(x, guess, self.bf_radius / b, margin=self.search_margin / b)
         if cfg.centring == "com":
             n, h, w = x.shape
             tot = x.sum(axis=(1, 2), dtype=np.float64)
@@ -793,7 +820,14 @@ class Preprocessor:
         # plane
         if positions is None:
             raise ValueError('centring="plane" needs the scan positions of the patterns')
+        return self._plane_at(positions)
+
+    def _plane_at(self, positions: np.ndarray) -> np.ndarray:
+        """Descan-plane disk centres (binned px) at scan positions (beam centre without a plane)."""
+        b = self.config.bin_factor
         pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+        if self.plane is None:
+            return np.broadcast_to(_to_binned(self.beam_centre, b), (len(pos), 2))
         a = np.stack([np.ones(len(pos)), pos[:, 0], pos[:, 1]], axis=1)
         return _to_binned(a @ self.plane.T, b)
 

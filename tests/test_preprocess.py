@@ -331,7 +331,7 @@ def test_state_dict_round_trip_reproduces_output(noisy_scan: Dataset4D, centring
     pp = Preprocessor(cfg).fit(ds)
     state = json.loads(json.dumps(pp.state_dict()))  # must survive JSON
     assert state["hot_pixels"] == [[30, 30]]
-    assert (state["plane"] is not None) == (centring == "plane")
+    assert (state["plane"] is not None) == (centring in ("plane", "disk"))
     again = Preprocessor.from_state_dict(state)
     pos = np.array([[0, 0], [3, 4], [4, 5]])
     np.testing.assert_array_equal(again.transform_positions(ds, pos), pp.transform_positions(ds, pos))
