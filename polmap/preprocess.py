@@ -11,13 +11,20 @@ differences between the +g and -g disks (Friedel asymmetry) and in intensity
 gradients inside the disks. Re-centring each pattern on its intensity centre of
 mass ("com") shifts every pattern by an amount that *depends on that signal*
 and so partly removes it (this is what DPC measures). "disk" instead centres
-each pattern on the geometric centre of its thresholded bright-field disk,
-which such gradients do not move; "plane" fits a plane to those centres over
+each pattern on the geometric centre of its bright-field disk, the circle
+through the points where the intensity falls to half of the disk's local
+level (:func:`polmap.virtual.disk_centres`), which such gradients and
+neighbouring disks do not move; "plane" fits a plane to those centres over
 the scan and removes only the smooth descan, keeping local deflections.
+
+Which to choose: "plane" when the descan is smooth (the usual case) and the
+local deflections may carry signal; "disk" when the beam wanders irregularly
+(every pattern exactly centred); "none" to reproduce the paper.
 
 Subpixel shifts are Fourier shifts by default: unlike bilinear interpolation
 they do not blur by an amount that depends on the fractional shift (which would
-correlate with scan position through the descan).
+correlate with scan position through the descan). Sub-batches run on a thread
+pool (``POLMAP_THREADS``, default: the usable cores, at most 8).
 
 :class:`Preprocessor` holds the fitted state (beam centre and radius, hot
 pixels, descan plane); :meth:`Preprocessor.state_dict` records everything
@@ -29,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterator
@@ -71,22 +79,29 @@ _WORK_BYTES = 4 * 2**20
 
 
 def _n_threads() -> int:
+    """Worker threads: ``POLMAP_THREADS`` if set, else the usable cores (at most 8)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         n = os.cpu_count() or 1
-    return max(1, min(8, int(os.environ.get("POLMAP_THREADS", n))))
+    try:
+        n = int(os.environ.get("POLMAP_THREADS", n))
+    except ValueError:
+        pass
+    return max(1, min(8, n))
 
 
 _N_THREADS = _n_threads()
 _POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=_N_THREADS, thread_name_prefix="polmap-preprocess")
-    return _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=_N_THREADS, thread_name_prefix="polmap-preprocess")
+        return _POOL
 
 
 # ======================================================================================
