@@ -44,7 +44,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import ndimage
 
 from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D, DatasetError
 from polmap.virtual import _iter_blocks, disk_centres, find_beam
@@ -487,11 +486,24 @@ def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def _block_mean(x: np.ndarray, f: int, axis: int) -> np.ndarray:
+    """Means of ``f`` neighbouring samples along ``axis`` (strided slices: fast, exact)."""
+    sl = [slice(None)] * x.ndim
+    sl[axis] = slice(0, None, f)
+    out = x[tuple(sl)].copy()
+    for k in range(1, f):
+        sl[axis] = slice(k, None, f)
+        out += x[tuple(sl)]
+    out *= np.float32(1.0 / f)
+    return out
+
+
 def resize_patterns(patterns: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize a stack of patterns (separable linear map, two matrix products).
+    """Resize a stack of patterns (separable and linear).
 
     Shrinking averages the input area under each output pixel (so the mean
-    is kept and nothing aliases); enlarging interpolates linearly.
+    is kept and nothing aliases; block means for integer factors); enlarging
+    interpolates linearly.
 
     Parameters
     ----------
@@ -503,14 +515,17 @@ def resize_patterns(patterns: np.ndarray, size: int | tuple[int, int]) -> np.nda
     ndarray, float32, shape (N, h, w)
     """
     x = np.asarray(patterns, dtype=np.float32)
-    h, w = (size, size) if np.isscalar(size) else size
+    h, w = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     n, hh, ww = x.shape
     if (h, w) == (hh, ww):
         return x
-    ry = _resize_matrix(hh, int(h))
-    rx = _resize_matrix(ww, int(w))
-    t = (x.reshape(n * hh, ww) @ rx.T).reshape(n, hh, int(w))
-    return np.matmul(ry, t)
+    # Integer shrinks are block means; anything else a matrix product per axis
+    # (BLAS beats gathering the few non-zero taps, measured).
+    if ww != w:
+        x = _block_mean(x, ww // w, 2) if ww % w == 0 else (x.reshape(n * hh, ww) @ _resize_matrix(ww, w).T).reshape(n, hh, w)
+    if hh != h:
+        x = _block_mean(x, hh // h, 1) if hh % h == 0 else np.matmul(_resize_matrix(hh, h), x)
+    return x
 
 
 def scale_patterns(patterns: np.ndarray, scaling: str) -> np.ndarray:
@@ -552,6 +567,36 @@ def normalise_patterns(patterns: np.ndarray, normalise: str) -> np.ndarray:
     else:
         raise ValueError(f"normalise: expected one of {NORMALISATIONS}, found {normalise!r}")
     return x
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    """Replace non-finite values in place (one cheap check in the usual all-finite case)."""
+    if not np.isfinite(x).all():
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return x
+
+
+def _box_max(slab: np.ndarray, k: int) -> np.ndarray:
+    """Pixel-wise max over the k x k neighbouring scan positions of (R, C, H, W), clipped at the edges.
+
+    Shifted whole-block maxima along each scan axis: contiguous, unlike a
+    generic filter whose lines run across the scan axes.
+    """
+    h = k // 2
+    out = slab
+    for axis in (0, 1):
+        src = out
+        out = src.copy()
+        n = src.shape[axis]
+        for d in range(1, h + 1):
+            if d >= n:
+                break
+            lo = [slice(None)] * src.ndim
+            hi = [slice(None)] * src.ndim
+            lo[axis], hi[axis] = slice(0, n - d), slice(d, n)
+            np.maximum(out[tuple(lo)], src[tuple(hi)], out=out[tuple(lo)])  # neighbour below/right
+            np.maximum(out[tuple(hi)], src[tuple(lo)], out=out[tuple(hi)])  # neighbour above/left
+    return out
 
 
 # ======================================================================================
@@ -866,7 +911,7 @@ class Preprocessor:
         if cfg.output_size is not None:
             x = resize_patterns(x, cfg.output_size)
         x = normalise_patterns(np.ascontiguousarray(x, dtype=np.float32), cfg.normalise)
-        return np.nan_to_num(x, copy=False)
+        return _finite(x)
 
     def transform_patterns(self, patterns: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         """Transform patterns without boxing (boxing needs the neighbours; see :meth:`transform_positions`).
@@ -908,7 +953,7 @@ class Preprocessor:
         return out
 
     def _box_finish(self, x: np.ndarray) -> np.ndarray:
-        return np.nan_to_num(normalise_patterns(x, self.config.normalise), copy=False)
+        return _finite(normalise_patterns(x, self.config.normalise))
 
     def _stage1_rows(self, block: np.ndarray, start: int) -> np.ndarray:
         """Stage 1 of a raw row block (r, C, Qr, Qc) starting at scan row ``start`` -> (r, C, H, W)."""
@@ -1005,7 +1050,7 @@ class Preprocessor:
             if stop < hi:
                 parts.append(self._stage1_rows(dataset.block(slice(stop, hi)), stop))
             slab = np.concatenate(parts, axis=0) if len(parts) > 1 else s1
-            boxed = ndimage.maximum_filter(slab, size=(k, k, 1, 1), mode="nearest")
+            boxed = _box_max(slab, k)
             s1 = self._box_finish(boxed[start - lo : start - lo + (stop - start)])
         return s1.reshape((-1,) + s1.shape[2:])
 
@@ -1013,6 +1058,12 @@ class Preprocessor:
         self, dataset: Dataset4D, max_bytes: int = DEFAULT_CHUNK_BYTES
     ) -> Iterator[tuple[slice, np.ndarray]]:
         """Transform the whole scan chunk by chunk, reading every pattern once.
+
+        Parameters
+        ----------
+        dataset : Dataset4D
+        max_bytes : int
+            Memory for one chunk of raw patterns plus their outputs.
 
         Yields
         ------
@@ -1025,6 +1076,11 @@ class Preprocessor:
         self._check_dataset(dataset)
         k = self.config.boxing
         rows_total = dataset.scan_shape[0]
+        # The float32 outputs can outweigh the raw patterns (paper: 256 x 256
+        # from a small detector): size chunks so raw + output fit in max_bytes.
+        raw_per = int(np.prod(dataset.detector_shape)) * dataset.dtype.itemsize
+        out_per = 4 * int(np.prod(self.output_shape))
+        max_bytes = max(1, int(max_bytes * raw_per / (raw_per + out_per)))
         if k == 1:
             for rows, block in _iter_blocks(dataset, max_bytes):
                 s1 = self._stage1_rows(block, rows.start)
@@ -1043,7 +1099,7 @@ class Preprocessor:
             lo = max(0, done - h)
             hi = min(rows_total, ready + h)
             slab = buf[lo - buf_start : hi - buf_start]
-            boxed = ndimage.maximum_filter(slab, size=(k, k, 1, 1), mode="nearest")
+            boxed = _box_max(slab, k)
             out = self._box_finish(np.ascontiguousarray(boxed[done - lo : ready - lo]))
             yield slice(done, ready), out.reshape((-1,) + out.shape[2:])
             done = ready
