@@ -176,10 +176,14 @@ def _read_json_arg(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
-def _virtual_features(ds: Any) -> np.ndarray:
-    from polmap.benchmark import _virtual_features as vf
+def _cold_start_features(ds: Any) -> np.ndarray:
+    """Pattern features for a cold start (as the benchmark uses): compact preprocessing, pooled, + antisymmetric parts."""
+    from polmap.benchmark import _pattern_features, _transform_all
+    from polmap.model import default_preprocess
+    from polmap.preprocess import PreprocessConfig, Preprocessor
 
-    return vf(ds)
+    pre = Preprocessor(PreprocessConfig(**default_preprocess("compact"))).fit(ds)
+    return _pattern_features(_transform_all(pre, ds))
 
 
 # ---------------------------------------------------------------------------------
@@ -412,7 +416,7 @@ def _suggest(args: argparse.Namespace) -> int:
                 pre, _ = _model_preprocessor(model, ds, refit=True)
                 kwargs["probabilities"] = _predict_arrays(model, ds, pre)["probabilities"]
         if args.strategy in ("adaptive", "cold_start") and "probabilities" not in kwargs:
-            kwargs["features"] = _virtual_features(ds)
+            kwargs["features"] = _cold_start_features(ds)
         res = suggest_detailed(args.strategy, ds.scan_shape, pos, cls, int(args.budget), **kwargs)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -493,7 +497,7 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--initial-size", str(args.initial_size)]
     if args.wall_distance != 2.0:
         parts += ["--wall-distance", str(args.wall_distance)]
-    if args.cold_start_features != "virtual":
+    if args.cold_start_features != "patterns":
         parts += ["--cold-start-features", args.cold_start_features]
     for t in args.train or []:
         parts += ["--train", t]
@@ -651,8 +655,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--round-size", type=int, default=10, help="labels per round between trainings (default 10)")
     p.add_argument("--initial-size", type=int, default=None, help="size of the cold-start batch (default: round size)")
     p.add_argument("--wall-distance", type=float, default=2.0, help="'near wall' distance in px (default 2)")
-    p.add_argument("--cold-start-features", default="virtual", choices=["virtual", "patterns"],
-                   help="features for the model-free first round of adaptive (default: virtual images, as the dashboard)")
+    p.add_argument("--cold-start-features", default="patterns", choices=["patterns", "virtual"],
+                   help="features for the model-free first round of adaptive: pooled patterns and their Friedel-"
+                        "antisymmetric parts (default) or virtual images (BF, ADF, COM)")
     p.add_argument("--train", action="append", metavar="KEY=VALUE", help="TrainConfig override for the network (repeatable)")
     p.add_argument("--paper-budget", type=int, default=50, help="budget at which the paper's network is trained (default 50)")
     p.add_argument("--paper-strategy", default="adaptive", help="whose labels the paper's network gets (default adaptive)")
