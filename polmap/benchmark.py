@@ -218,10 +218,10 @@ def _fmt(stat: dict[str, float] | None, key: str) -> str:
     if not stat or stat.get("n", 0) == 0 or stat.get("mean") is None or math.isnan(stat["mean"]):
         return "–"
     m, s = stat["mean"], stat["std"]
-    if key.endswith("_s"):
-        return f"{m:.2f} ± {s:.2f}"
-    if key == "patterns_per_s":
+    if key.endswith("patterns_per_s"):
         return f"{m:,.0f} ± {s:,.0f}"
+    if key.endswith("_s"):
+        return f"{m:.1f} ± {s:.1f}"
     return f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
@@ -247,6 +247,19 @@ def markdown_table(results: dict[str, Any]) -> str:
         for b, row in st.get("budgets", {}).items():
             cells = [_fmt(row.get(k), k) for k, _ in _METRIC_TITLES]
             lines.append(f"| {name} | {b} | " + " | ".join(cells) + " |")
+    band_rows = []
+    for name, st in results.get("strategies", {}).items():
+        for b, row in st.get("budgets", {}).items():
+            bd = row.get("accuracy_by_wall_distance")
+            if bd:
+                band_rows.append((name, b, bd))
+    if band_rows:
+        bands = list(band_rows[0][2])
+        lines += ["", "## Accuracy by distance to the nearest wall (px, truth map)", "",
+                  "| strategy | labels | " + " | ".join(f"d {bnd}" for bnd in bands) + " |",
+                  "|---|---:|" + "---:|" * len(bands)]
+        for name, b, bd in band_rows:
+            lines.append(f"| {name} | {b} | " + " | ".join(_fmt(bd.get(bnd), "acc") for bnd in bands) + " |")
     base = results.get("baselines", {})
     if base:
         lines += ["", "## Baselines", "", "| method | labels | accuracy | acc. near wall | macro-F1 | train s | inference patt./s |",
@@ -556,17 +569,33 @@ def _virtual_features(dataset: Any) -> np.ndarray:
     return np.stack([z(v.bright_field), z(v.annular_dark_field), z(v.com_row), z(v.com_col)], axis=-1).reshape(-1, 4)
 
 
+#: Distance bands (px from the nearest truth-wall position) for ``accuracy_by_wall_distance``.
+WALL_BANDS: tuple[tuple[float, float], ...] = ((0, 0), (1, 1), (1.5, 2), (2.5, 4), (4.5, math.inf))
+
+
 class _Scorer:
     def __init__(self, oracle: Oracle, wall_distance: float) -> None:
+        from scipy.ndimage import distance_transform_edt
+
         self.truth = oracle._score_truth()
         self.near_wall = near_wall_mask(self.truth, wall_distance)
+        wall = wall_mask_from_truth(self.truth)
+        self.dist = distance_transform_edt(~wall) if wall.any() else np.full(self.truth.shape, np.inf)
 
-    def __call__(self, pred_map: np.ndarray, labelled_pos: np.ndarray | None = None) -> dict[str, float]:
+    def __call__(self, pred_map: np.ndarray, labelled_pos: np.ndarray | None = None) -> dict[str, Any]:
         lab = None
         if labelled_pos is not None:
             lab = np.zeros(self.truth.shape, dtype=bool)
             lab[labelled_pos[:, 0], labelled_pos[:, 1]] = True
-        return score_map(pred_map, self.truth, near_wall=self.near_wall, labelled=lab)
+        out: dict[str, Any] = score_map(pred_map, self.truth, near_wall=self.near_wall, labelled=lab)
+        known = self.truth >= 0
+        bands = {}
+        for lo, hi in WALL_BANDS:
+            m = known & (self.dist >= lo) & (self.dist <= hi)
+            key = f"{lo:g}-{hi:g}" if math.isfinite(hi) else f">{lo - 0.5:g}"
+            bands[key] = [float(np.mean(pred_map[m] == self.truth[m])) if m.any() else None, int(m.sum())]
+        out["accuracy_by_wall_distance"] = bands  # band -> [accuracy, positions]
+        return out
 
 
 def _fit_predict(
@@ -748,6 +777,13 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 vals = [cp.get(k) for cp in cps if cp.get(k) is not None and not cp.get("single_class")]
             if vals:
                 row[k] = _mean_std(vals)
+        bands: dict[str, list[float]] = {}
+        for cp in cps:
+            for band, (acc, _n) in (cp.get("accuracy_by_wall_distance") or {}).items():
+                if acc is not None:
+                    bands.setdefault(band, []).append(acc)
+        if bands:
+            row["accuracy_by_wall_distance"] = {band: _mean_std(v) for band, v in bands.items()}
         row["n_runs"] = len(cps)
         row["n_single_class"] = int(sum(bool(cp.get("single_class")) for cp in cps))
         out[str(b)] = row
