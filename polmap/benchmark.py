@@ -631,11 +631,21 @@ def _fit_predict(
         "train_s": t1 - t0,
         "infer_s": t2 - t1,
         "patterns_per_s": len(X_all) / max(t2 - t1, 1e-9),
+        **_train_summary(tm),
         "oof_accuracy": tm.report.get("oof_accuracy"),
         "n_members": tm.n_members,
         "single_class": False,
     }
     return proba.reshape(R, C, K), info
+
+
+def _train_summary(tm: Any) -> dict[str, Any]:
+    """Epochs run and final training loss per member (is the network converged?)."""
+    hist = getattr(tm, "history", None) or []
+    return {
+        "epochs_run": [len(h) for h in hist],
+        "final_loss": [round(float(h[-1]["loss"]), 4) if h else None for h in hist],
+    }
 
 
 def _pca_knn_map(X_flat: np.ndarray, pos: np.ndarray, cls: np.ndarray, scan_shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -899,7 +909,7 @@ def _paper_network(
         tm = train_model(X, cls, class_names, tcfg, preprocess_state=pre.state_dict())
         train_s = time.perf_counter() - t0
         probs, e2e_s, timing = _predict_scan_timed(tm, dataset, pre)
-        r = {"seed": seed, "train_s": train_s, "preprocess_labels_s": prep_s, "end_to_end_s": e2e_s,
+        r = {"seed": seed, "train_s": train_s, **_train_summary(tm), "preprocess_labels_s": prep_s, "end_to_end_s": e2e_s,
              "end_to_end_patterns_per_s": scorer.truth.size / max(e2e_s, 1e-9),
              "predict_scan_preprocess_s": timing.get("preprocess_seconds"),
              "predict_scan_network_s": timing.get("inference_seconds")}
