@@ -21,9 +21,8 @@ PAGES = [
 ]
 
 
-@st.fragment(key="sidebar_labels")
 def sidebar_labels() -> None:
-    """Labels per class: a keyed fragment, so a label click refreshes it without a full rerun."""
+    """Labels per class and the workspace file (a fragment: see :func:`sidebar`)."""
     sess = svc.session()
     if sess.labels is None:
         return
@@ -37,8 +36,13 @@ def sidebar_labels() -> None:
                    + (f"  \nautosaved ({sess.last_save_s * 1000:.0f} ms)" if sess.last_save_s is not None else ""))
 
 
-def sidebar(sess: svc.Session) -> None:
-    """Dataset, labels per class, model status and workspace file: always visible."""
+def sidebar(sess: svc.Session, live: bool = False) -> None:
+    """Dataset, labels per class, model status and workspace file: always visible.
+
+    On the pages where labels change inside fragments (Label, Suggest) the
+    label counts are a fragment that refreshes itself every second, so a
+    label click reruns only its own fragment (fast) and the sidebar follows.
+    """
     with st.sidebar:
         ds = sess.dataset
         st.markdown("#### Dataset")
@@ -57,7 +61,7 @@ def sidebar(sess: svc.Session) -> None:
             if acc is not None:
                 txt += f", validation accuracy {acc:.1%}"
             st.markdown(txt)
-        sidebar_labels()
+        st.fragment(sidebar_labels, run_every=1.0 if live else None)()
 
 
 def first_visit_hint(sess: svc.Session) -> None:
@@ -79,7 +83,7 @@ sess = svc.session()
 nav = st.navigation(PAGES)
 with svc.guarded("Loading the demo"):
     svc.ensure_dataset(sess)
-sidebar(sess)
+sidebar(sess, live=nav.url_path in ("label", "suggest"))
 first_visit_hint(sess)
 svc.show_flash(sess)
 nav.run()

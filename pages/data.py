@@ -132,7 +132,8 @@ with svc.guarded("Computing the virtual images"):
                    f"beam centre ({cy:.1f}, {cx:.1f}).")
     with col_sum:
         summ = svc.dataset_summary(ds)
-        st.dataframe({"": list(summ.keys()), "value": [str(x) for x in summ.values()]}, hide_index=True, height=420)
+        rows = "\n".join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in summ.items())
+        st.markdown("| | |\n|---|---|\n" + rows)
 
 # --------------------------------------------------------------------------------------
 # classes

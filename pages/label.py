@@ -34,8 +34,7 @@ def _background() -> tuple[np.ndarray, str]:
 # click mode
 # --------------------------------------------------------------------------------------
 def _on_click() -> None:
-    key = f"label_img_{sess.other.get('chart_nonce', 0)}"
-    pos = svc.clicked_position(st.session_state.get(key))
+    pos = svc.clicked_position(st.session_state.get("label_img"))
     if pos is None:
         return
     sess.selected = pos
@@ -67,6 +66,7 @@ def _on_redo() -> None:
 
 def _on_move(drow: int, dcol: int) -> None:
     svc.move_selection(sess, drow, dcol)
+    sess.other["shown_sel"] = sess.selected
     svc.rerun_after_label("label_click")
 
 
@@ -92,9 +92,9 @@ def click_ui() -> None:
     left, right = st.columns([3, 2])
     with left:
         bg, bg_name = _background()
-        fig = svc.scan_figure(ds, bg, sess=sess, selected=sess.selected, suggestions=None, height=520)
+        fig = svc.scan_figure(ds, bg, sess=sess, selected=svc.shown_selection(sess, "label", bg_name), height=520)
         st.plotly_chart(
-            fig, key=f"label_img_{sess.other.get('chart_nonce', 0)}", on_select=_on_click, selection_mode="points",
+            fig, key="label_img", on_select=_on_click, selection_mode="points",
             config={"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]},
         )
         st.caption(f"Click a position on the {bg_name} to see its pattern; arrow keys move the selection; "
@@ -124,7 +124,7 @@ def click_ui() -> None:
                   disabled=not lab.can_undo, use_container_width=True)
         u2.button("Redo", key="redo", on_click=_on_redo, shortcut="Ctrl+Y",
                   disabled=not lab.can_redo, use_container_width=True)
-        u3.button("Unlabel", key="unlabel", on_click=_on_remove, shortcut="Delete",
+        u3.button("Remove", key="unlabel", on_click=_on_remove, shortcut="Delete",
                   use_container_width=True, help="Remove the label of the selected position (Delete)")
         st.toggle(
             f"Label on click with the last class used ({names[sess.active_class]})", key="label_on_click",

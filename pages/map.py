@@ -58,17 +58,18 @@ def map_view() -> None:
     walls = svc.domain_walls(sess, pred) if "walls" in overlays else None
     sugg = sess.suggestions if "suggestions" in overlays else None
     left, right = st.columns([3, 2])
+    shown = svc.shown_selection(sess, "map", background, tuple(overlays or ()), fade)
     with left:
         t0 = time.perf_counter()
         if background == "polarization map":
             rgb = svc.map_rgb(sess, pred, fade=fade)
             fig = svc.scan_figure(ds, rgb, sess=sess, show_labels="labelled points" in overlays, suggestions=sugg,
-                                  selected=sess.selected, prediction=pred, show_uncertainty="uncertainty" in overlays,
+                                  selected=shown, prediction=pred, show_uncertainty="uncertainty" in overlays,
                                   show_walls=True, walls=walls, height=560)
         else:
             img = unc if background == "uncertainty" else svc.virtual_image(ds)
             fig = svc.scan_figure(ds, img, sess=sess, show_labels="labelled points" in overlays, suggestions=sugg,
-                                  selected=sess.selected, walls=walls, height=560,
+                                  selected=shown, walls=walls, height=560,
                                   value_name="uncertainty" if background == "uncertainty" else "intensity")
         st.plotly_chart(fig, key="map_fig", on_select=_on_map_click, selection_mode="points",
                         config={"displaylogo": False, "toImageButtonOptions": {"filename": "polmap-map"}})

@@ -97,12 +97,13 @@ def suggest_loop() -> None:
         if sess.prediction is not None:
             p = np.asarray(sess.prediction.probabilities)[cur[0], cur[1]]
             st.caption("Model: " + ", ".join(f"{nm} {q:.0%}" for nm, q in zip(sess.classes.names, p)))
-        cols = st.columns(len(sess.classes.names) + 1)
-        for k, nm in enumerate(sess.classes.names):
-            cols[k].button(nm, key=f"clsbtn_suggest_{k}", on_click=_answer, args=(k,), use_container_width=True,
-                           shortcut=str(k + 1) if k < 9 else None, help=f"Label it '{nm}' (key {k + 1})")
-        cols[-1].button("Skip", key="suggest_skip", on_click=_answer, args=(None,), use_container_width=True,
-                        shortcut="S", help="Not sure: skip it (key S); it will not be suggested again")
+    # the answer buttons under both, full width (keys 1..K, S to skip)
+    cols = st.columns(len(sess.classes.names) + 1)
+    for k, nm in enumerate(sess.classes.names):
+        cols[k].button(nm, key=f"clsbtn_suggest_{k}", on_click=_answer, args=(k,), use_container_width=True,
+                       shortcut=str(k + 1) if k < 9 else None, help=f"Label it '{nm}' (key {k + 1})")
+    cols[-1].button("Skip", key="suggest_skip", on_click=_answer, args=(None,), use_container_width=True,
+                    shortcut="S", help="Not sure: skip it (key S); it will not be suggested again")
 
 
 suggest_loop()

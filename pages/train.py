@@ -29,21 +29,20 @@ st.markdown(
 st.caption(f"Device: **{svc.device_name()}**")
 
 models = svc.model_names()
-c1, c2 = st.columns([3, 2])
-with c1:
-    model = st.radio("Network", list(models), index=list(models).index(settings.get("model", "compact")) if settings.get("model", "compact") in models else 0,
-                     format_func=lambda k: f"{k}: {models[k]}", key="train_model_name")
-    own_pre = st.checkbox("Use the preprocessing this network was designed for", value=True, key="train_own_pre",
-                          help="Otherwise the Data page's preprocessing is used as it is.")
-with c2, st.expander("Settings", expanded=False):
-    epochs = st.number_input("Epochs (most, per member)", 1, 2000, int(settings["epochs"]), key="train_epochs")
-    n_members = st.number_input("Ensemble members (= cross-validation folds)", 1, 10, int(settings["n_members"]), key="train_members")
-    spe = st.number_input("Samples per epoch", 8, 100000, int(settings["samples_per_epoch"]), key="train_spe")
-    batch = st.number_input("Batch size", 1, 1024, int(settings["batch_size"]), key="train_batch")
-    lr = st.number_input("Learning rate", 1e-6, 1.0, float(settings["lr"]), format="%.1e", key="train_lr")
-    wd = st.number_input("Weight decay", 0.0, 1.0, float(settings["weight_decay"]), format="%.1e", key="train_wd")
-    patience = st.number_input("Early-stop patience (0 = off)", 0, 1000, int(settings["patience"]), key="train_patience")
-    seed = st.number_input("Seed", 0, 10**6, int(settings["seed"]), key="train_seed")
+model = st.radio("Network", list(models), index=list(models).index(settings.get("model", "compact")) if settings.get("model", "compact") in models else 0,
+                 format_func=lambda k: f"{k}: {models[k]}", key="train_model_name", horizontal=False)
+own_pre = st.checkbox("Use the preprocessing this network was designed for", value=True, key="train_own_pre",
+                      help="Otherwise the Data page's preprocessing is used as it is.")
+with st.expander("Settings (the defaults are good)", expanded=False):
+    s1, s2, s3, s4 = st.columns(4)
+    epochs = s1.number_input("Epochs (most, per member)", 1, 2000, int(settings["epochs"]), key="train_epochs")
+    n_members = s2.number_input("Ensemble members (= cross-validation folds)", 1, 10, int(settings["n_members"]), key="train_members")
+    spe = s3.number_input("Samples per epoch", 8, 100000, int(settings["samples_per_epoch"]), key="train_spe")
+    batch = s4.number_input("Batch size", 1, 1024, int(settings["batch_size"]), key="train_batch")
+    lr = s1.number_input("Learning rate", 1e-6, 1.0, float(settings["lr"]), format="%.1e", key="train_lr")
+    wd = s2.number_input("Weight decay", 0.0, 1.0, float(settings["weight_decay"]), format="%.1e", key="train_wd")
+    patience = s3.number_input("Early-stop patience (0 = off)", 0, 1000, int(settings["patience"]), key="train_patience")
+    seed = s4.number_input("Seed", 0, 10**6, int(settings["seed"]), key="train_seed")
 
 new_settings = dict(settings, model=model, epochs=int(epochs), n_members=int(n_members), samples_per_epoch=int(spe),
                     batch_size=int(batch), lr=float(lr), weight_decay=float(wd), patience=int(patience), seed=int(seed))

@@ -1,0 +1,293 @@
+"""The whole loop in a real browser: ``streamlit run app.py`` + Debian's Chromium via Playwright.
+
+Opens the app, checks the demo is loaded, clicks a scan position and labels it
+(mouse and keyboard shortcut), paints a region on the canvas, answers a round
+of suggestions like a user who knows the truth (the simulation's ground
+truth), trains, reads the map, clicks on it, downloads the PNG, and saves a
+screenshot of every page.
+
+Environment (all optional):
+
+``POLMAP_BROWSER_PRESET``   simulated scan to use (default ``tiny``)
+``POLMAP_BROWSER_LABELS``   suggestions answered (default 12)
+``POLMAP_BROWSER_EPOCHS`` / ``POLMAP_BROWSER_MEMBERS``  training settings (default 4 / 2)
+``POLMAP_SCREENSHOT_DIR``   where the screenshots go (default ``docs/screenshots``)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+PRESET = os.environ.get("POLMAP_BROWSER_PRESET", "tiny")
+N_LABELS = int(os.environ.get("POLMAP_BROWSER_LABELS", "12"))
+EPOCHS = int(os.environ.get("POLMAP_BROWSER_EPOCHS", "4"))
+MEMBERS = int(os.environ.get("POLMAP_BROWSER_MEMBERS", "2"))
+SHOTS = Path(os.environ.get("POLMAP_SCREENSHOT_DIR", str(REPO / "docs" / "screenshots")))
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+if not Path(CHROMIUM).exists():  # pragma: no cover - depends on the machine
+    pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) for the browser test",
+                allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """``streamlit run app.py`` on a free localhost port, tiny demo, temporary workspace folder."""
+    tmp = tmp_path_factory.mktemp("browser")
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        POLMAP_DEMO_PRESET=PRESET,
+        POLMAP_WORKSPACE_DIR=str(tmp / "workspaces"),
+        POLMAP_DATA_ROOT=str(tmp / "data"),
+        POLMAP_CACHE=os.environ.get("POLMAP_CACHE", str(tmp / "cache")),
+    )
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited: {(tmp / 'server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("streamlit did not start in 120 s")
+    yield {"url": url, "env": env, "log": tmp / "server.log"}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def truth(server) -> np.ndarray:
+    """The demo's ground-truth class map (what the simulated user "knows")."""
+    os.environ.setdefault("POLMAP_CACHE", server["env"]["POLMAP_CACHE"])
+    from polmap import simulate
+    from polmap.io import open_dataset
+
+    with open_dataset(simulate.demo_path(preset=PRESET)) as ds:
+        return np.asarray(ds.ground_truth.label_map)
+
+
+def _text(page) -> str:
+    return page.evaluate("document.body.innerText")
+
+
+def _count(page, cls: str) -> int:
+    m = re.search(rf"(?m)^{re.escape(cls)}: (\d+)$", _text(page))
+    return int(m.group(1)) if m else -1
+
+
+def _wait_count(page, cls: str, above: int, timeout: float = 30.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        n = _count(page, cls)
+        if n > above:
+            return n
+        time.sleep(0.1)
+    raise AssertionError(f"sidebar count of {cls!r} stayed at {_count(page, cls)} (wanted > {above})")
+
+
+def _no_traceback(page) -> None:
+    txt = _text(page)
+    assert "Traceback" not in txt and "StreamlitAPIException" not in txt and "multiple elements" not in txt, txt[-2000:]
+
+
+def _settle(page, seconds: float = 1.0) -> None:
+    """Let the page finish rerunning (no 'Running' indicator), then a little more for charts to draw."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if page.locator("[data-testid='stStatusWidget']").count() == 0:
+            break
+        time.sleep(0.2)
+    time.sleep(seconds)
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    _settle(page)
+    page.locator("h1").first.scroll_into_view_if_needed()
+    time.sleep(0.3)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def _cell(box: dict, shape: tuple[int, int], r: int, c: int) -> tuple[float, float]:
+    R, C = shape
+    return box["x"] + (c + 0.5) / C * box["width"], box["y"] + (r + 0.5) / R * box["height"]
+
+
+def _nav(page, title: str) -> None:
+    page.locator("[data-testid='stSidebarNav'] a", has_text=title).first.click()
+    page.locator("h1", has_text=title).wait_for(timeout=60000)
+    _settle(page, 0.5)
+
+
+def test_the_whole_loop_in_chromium(server, truth) -> None:
+    from playwright.sync_api import sync_playwright
+
+    R, C = truth.shape
+    names = ["none", "+x", "-x", "+y", "-y"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1350})
+        page.set_default_timeout(60000)
+
+        # -- Data: the demo is loaded on first open -------------------------------------
+        page.goto(server["url"])
+        page.locator("h1", has_text="Data").wait_for(timeout=120000)
+        page.get_by_text("Mean pattern with the detectors").wait_for(timeout=120000)
+        assert f"{R} x {C} scan" in _text(page)
+        _no_traceback(page)
+        page.get_by_role("button", name="Got it").click()  # the first-visit hint
+        page.get_by_text("The loop:").wait_for(state="detached")
+        _shot(page, "data")
+
+        # -- Label: click a position, label it with a class button and with a key -------
+        _nav(page, "Label")
+        chart = page.locator(".st-key-label_img .nsewdrag").first
+        chart.wait_for()
+        box = chart.bounding_box()
+        r, c = 2, 3
+        page.mouse.move(*_cell(box, (R, C), r, c))
+        page.mouse.click(*_cell(box, (R, C), r, c))
+        page.get_by_text(f"Position (row {r}, col {c})").wait_for()
+        k = int(truth[r, c])
+        before = _count(page, names[k])
+        page.locator(f".st-key-clsbtn_label_{k} button").first.click()
+        _wait_count(page, names[k], before)
+        page.get_by_text(f"labelled {names[k]}", exact=False).first.wait_for()
+
+        r, c = R - 3, C - 4
+        page.mouse.move(*_cell(box, (R, C), r, c))
+        page.mouse.click(*_cell(box, (R, C), r, c))
+        page.get_by_text(f"Position (row {r}, col {c})").wait_for()
+        k = int(truth[r, c])
+        before = _count(page, names[k])
+        page.keyboard.press(str(k + 1))  # keyboard shortcut of the class
+        _wait_count(page, names[k], before)
+        _no_traceback(page)
+        _shot(page, "label")
+
+        # -- Paint: a brush stroke along a run of one class labels every covered position --
+        page.get_by_text("Paint regions", exact=True).click()
+        canvas = page.locator("canvas").last
+        canvas.wait_for()
+        _settle(page)
+        row, c0, c1, k = _longest_run(truth)
+        page.locator(f".st-key-clsbtn_paint_{k} button").first.click()
+        _settle(page)
+        before = _count(page, names[k])
+        cb = page.locator("canvas").last.bounding_box()
+        page.mouse.move(*_cell(cb, (R, C), row, c0))
+        page.mouse.down()
+        for cc in range(c0, c1 + 1):
+            page.mouse.move(*_cell(cb, (R, C), row, cc), steps=3)
+        page.mouse.up()
+        after = _wait_count(page, names[k], before)
+        assert after - before >= (c1 - c0 + 1) // 2, (before, after)
+        _no_traceback(page)
+        _shot(page, "paint")
+
+        # -- Suggest: answer a round of suggestions one at a time ------------------------
+        _nav(page, "Suggest")
+        page.locator("[data-testid='stNumberInput'] input").first.fill(str(N_LABELS))
+        page.get_by_role("button", name="Suggest", exact=True).click()
+        page.get_by_text("Suggestion 1 of").wait_for(timeout=120000)
+        _shot(page, "suggest")
+        for i in range(N_LABELS):
+            m = re.search(r"#(\d+) at \(row (\d+), col (\d+)\)", _text(page))
+            if m is None:
+                break
+            r, c = int(m.group(2)), int(m.group(3))
+            page.locator(f".st-key-clsbtn_suggest_{int(truth[r, c])} button").first.click()
+            page.wait_for_function(
+                f"() => !document.body.innerText.includes('at (row {r}, col {c})')", timeout=30000)
+        page.get_by_text("suggestions answered").wait_for()
+        _no_traceback(page)
+
+        # -- Train ------------------------------------------------------------------------
+        _nav(page, "Train")
+        page.get_by_text("Settings").click()
+        _fill(page, "Epochs (most, per member)", EPOCHS)
+        _fill(page, "Ensemble members (= cross-validation folds)", MEMBERS)
+        page.get_by_role("button", name="Train", exact=True).click()
+        page.get_by_text("Current model").wait_for(timeout=600000)
+        assert "CPU" in _text(page) or "GPU" in _text(page)
+        _no_traceback(page)
+        _shot(page, "train")
+
+        # -- Map: see it, click on it, download the PNG -----------------------------------
+        _nav(page, "Map")
+        page.get_by_text("Accuracy vs ground truth").wait_for(timeout=120000)
+        mchart = page.locator(".st-key-map_fig .nsewdrag").first
+        mchart.wait_for()
+        mb = mchart.bounding_box()
+        r, c = R // 2, C // 3
+        page.mouse.move(*_cell(mb, (R, C), r, c))
+        page.mouse.click(*_cell(mb, (R, C), r, c))
+        page.get_by_text(f"(row {r}, col {c})").first.wait_for()
+        _no_traceback(page)
+        _shot(page, "map")
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="Map (PNG)").click()
+        path = dl.value.path()
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        browser.close()
+
+
+def _fill(page, label: str, value: int) -> None:
+    box = page.get_by_label(label)
+    box.fill(str(value))
+    box.press("Enter")
+    _settle(page, 0.3)
+
+
+def _longest_run(truth: np.ndarray) -> tuple[int, int, int, int]:
+    """``(row, col_start, col_end, class)`` of the longest horizontal run of one class (at most 8 long)."""
+    best = (0, 0, 0, int(truth[0, 0]))
+    for r in range(1, truth.shape[0] - 1):
+        start = 0
+        for c in range(1, truth.shape[1] + 1):
+            if c == truth.shape[1] or truth[r, c] != truth[r, start]:
+                if truth[r, start] >= 0 and c - start > best[2] - best[1] + 1:
+                    best = (r, start, c - 1, int(truth[r, start]))
+                start = c
+    r, c0, c1, k = best
+    return r, c0 + 1, min(c1 - 1, c0 + 8), k
