@@ -119,7 +119,7 @@ def click_ui() -> None:
         a2.button("up", key="mv_u", on_click=_on_move, args=(-1, 0), shortcut="Up", use_container_width=True)
         a3.button("down", key="mv_d", on_click=_on_move, args=(1, 0), shortcut="Down", use_container_width=True)
         a4.button("right", key="mv_r", on_click=_on_move, args=(0, 1), shortcut="Right", use_container_width=True)
-        u1, u2, u3 = st.columns(3)
+        u1, u2, u3 = st.columns([1, 1, 1.3])
         u1.button("Undo", key="undo", on_click=_on_undo, shortcut="Ctrl+Z",
                   disabled=not lab.can_undo, use_container_width=True)
         u2.button("Redo", key="redo", on_click=_on_redo, shortcut="Ctrl+Y",

@@ -103,7 +103,9 @@ if sess.model is not None:
         st.warning("The labels changed since this model was trained: press **Train** to update it.")
     hist = svc.model_history(sess.model)
     if hist.get("epoch"):
-        curves.plotly_chart(svc.curves_figure(hist), key="final_curves")
+        curves.plotly_chart(svc.curves_figure(hist, final_accuracy=info.get("val_accuracy")), key="final_curves")
+        st.caption("Curves: every ensemble member in turn (epochs on the x axis run on from one member to the "
+                   "next); per-epoch validation accuracy is that member's held-out fold.")
     st.page_link("pages/map.py", label="See the map", icon=":material/map:")
 
 with st.expander("Load a model checkpoint"):

@@ -1363,6 +1363,9 @@ def scan_figure(
     R, C = ds.scan_shape
     dot = max(7.0, min(16.0, 900.0 / max(R, C)))
     for tr in fig.data:
+        if tr.name and tr.name.startswith("labelled"):
+            # a dark ring: a correct label sits on its own class colour and would vanish
+            tr.update(marker=dict(line=dict(color="#111111", width=1.5)))
         if tr.name == "positions":
             tr.update(selected=dict(marker=dict(opacity=1, color="#00e5ff", size=dot)),
                       unselected=dict(marker=dict(opacity=0)))
@@ -1452,11 +1455,18 @@ def pattern_figure(pattern: np.ndarray, *, log: bool = False, title: str | None 
     return fig
 
 
-def curves_figure(history: Any, height: int = 300) -> Any:
-    """Loss and validation-accuracy curves (``polmap.maps.curves_figure``)."""
+def curves_figure(history: Any, height: int = 300, final_accuracy: float | None = None) -> Any:
+    """Loss and validation-accuracy curves (``polmap.maps.curves_figure``), ensemble members one after another.
+
+    ``final_accuracy`` (the out-of-fold accuracy of the finished ensemble) is
+    drawn as a dotted line on the accuracy panel.
+    """
     from polmap import maps
 
     fig = maps.curves_figure(history)
+    if final_accuracy is not None:
+        fig.add_hline(y=float(final_accuracy), line_dash="dot", line_color="#444", row=1, col=2,
+                      annotation_text=f"final out-of-fold {final_accuracy:.0%}", annotation_position="bottom right")
     fig.update_layout(height=height)
     return fig
 

@@ -164,6 +164,20 @@ def test_hdf5_with_several_datasets_asks_which(env: Path) -> None:
     assert sess.dataset.scan_shape == (4, 7) and sess.dataset.dataset_path.endswith("second/data")
 
 
+def test_wrong_hdf5_path_is_a_clear_error(env: Path) -> None:
+    from polmap import services as svc
+
+    at = _app()
+    with pytest.raises(Exception) as info:
+        svc.open_file(env / "data" / "two.h5", "/no/such/data")
+    assert "/no/such/data" in str(info.value)
+    # in the page: a typed path that does not exist
+    at.text_input(key="folder_typed").set_value("missing.h5")
+    at.button(key="open_file").click().run()
+    _ok(at)
+    assert any("does not exist" in e for e in _errors(at))
+
+
 def test_label_clicks_undo_and_autosave(env: Path) -> None:
     from polmap.project import Workspace
 
@@ -235,7 +249,14 @@ def test_suggest_loop_labels_one_at_a_time(env: Path) -> None:
     _ok(at)
     assert len(sess.labels) == 3 and len(sess.skipped) == 1
     assert any("All 4 suggestions answered" in s.value for s in at.success)
-    assert at.button(key="retrain_suggest")
+    # retrain and suggest again: a model, its map, a fresh round of suggestions
+    _label_truth(sess, per_class=3)
+    sess.train_settings = {"epochs": 2, "n_members": 2, "samples_per_epoch": 32}
+    at.button(key="retrain_suggest").click().run()
+    _ok(at)
+    assert not _errors(at)
+    assert sess.model is not None and sess.prediction is not None
+    assert sess.suggestions is not None and len(sess.suggestions) == 4 and sess.suggestion_index == 0
 
 
 def test_training_with_one_class_is_a_clear_error(env: Path) -> None:
@@ -321,6 +342,13 @@ def test_train_map_export_and_read_back(env: Path) -> None:
     _ok(at)
     assert not _errors(at)
     assert "applied" in sess.other
+    # a scan from another detector: refused with a clear message, the session goes on
+    at.radio(key="apply_kind").set_value("data folder").run()
+    at.selectbox(key="apply_file").set_value("scan.npy")
+    at.button(key="apply_go").click().run()
+    _ok(at)
+    assert any("detector" in e for e in _errors(at)), _errors(at)
+    assert sess.model is not None
 
 
 def test_a_model_for_other_classes_is_refused(env: Path) -> None:

@@ -264,6 +264,7 @@ def test_the_whole_loop_in_chromium(server, truth) -> None:
         page.mouse.click(*_cell(mb, (R, C), r, c))
         page.get_by_text(f"(row {r}, col {c})").first.wait_for()
         _no_traceback(page)
+        page.mouse.move(5, 5)  # no hover label over the map in the screenshot
         _shot(page, "map")
         with page.expect_download() as dl:
             page.get_by_role("button", name="Map (PNG)").click()
