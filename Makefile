@@ -38,6 +38,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_virtual.py
+	$(BIN)/python benchmarks/bench_app.py
+	$(BIN)/python benchmarks/bench_labels.py
 
 demo: $(STAMP)
 	$(BIN)/polmap simulate --preset demo --out demo.h5
