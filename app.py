@@ -86,4 +86,5 @@ with svc.guarded("Loading the demo"):
 sidebar(sess, live=nav.url_path in ("label", "suggest"))
 first_visit_hint(sess)
 svc.show_flash(sess)
-nav.run()
+with svc.guarded(nav.title):  # whatever a page raises: a message, never a traceback
+    nav.run()

@@ -109,9 +109,14 @@ if ds is None:
 # --------------------------------------------------------------------------------------
 st.subheader(svc.display_name(sess))
 with svc.guarded("Computing the virtual images"):
-    with st.spinner("Virtual images and mean pattern (one pass over the scan)…"):
+    if svc.virtual_ready(ds):
         v = svc.virtual(ds)
-    col_img, col_pat, col_sum = st.columns([5, 3, 3])
+    else:
+        bar = st.progress(0.0, text="Virtual images and mean pattern: one pass over the scan…")
+        v = svc.virtual(ds, progress=lambda done, total: bar.progress(
+            min(1.0, done / max(total, 1)), text=f"Virtual images: {done}/{total} scan rows"))
+        bar.empty()
+    col_img, col_pat = st.columns([3, 2])
     with col_img:
         kind = st.segmented_control(
             "Virtual image", ["bright_field", "annular_dark_field", "com_magnitude"], default="bright_field",
@@ -119,21 +124,19 @@ with svc.guarded("Computing the virtual images"):
             key="vimg_kind",
         ) or "bright_field"
         st.session_state["virtual_kind"] = kind
-        fig = svc.scan_figure(ds, svc.virtual_image(ds, kind), sess=sess, show_labels=False, selected=sess.selected, height=380)
+        fig = svc.scan_figure(ds, svc.virtual_image(ds, kind), sess=sess, show_labels=False, selected=sess.selected, height=420)
         st.plotly_chart(fig, key="data_vimg", config={"displaylogo": False})
     with col_pat:
         logp = st.toggle("log scale", value=True, key="mean_log")
         cy, cx = v.centre
         st.plotly_chart(
-            svc.pattern_figure(v.mean_pattern, log=logp, title="Mean pattern with the detectors", detectors=v, height=330),
+            svc.pattern_figure(v.mean_pattern, log=logp, title="Mean pattern with the detectors", detectors=v, height=380),
             key="data_mean", config={"displaylogo": False},
         )
         st.caption(f"BF disk r = {v.bf_radius:.1f} px; ADF {v.adf_inner:.1f}–{v.adf_outer:.1f} px; "
                    f"beam centre ({cy:.1f}, {cx:.1f}).")
-    with col_sum:
-        summ = svc.dataset_summary(ds)
-        rows = "\n".join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in summ.items())
-        st.markdown("| | |\n|---|---|\n" + rows)
+    summ = svc.dataset_summary(ds)
+    st.dataframe([{k: str(v) for k, v in summ.items()}], hide_index=True, use_container_width=True)
 
 # --------------------------------------------------------------------------------------
 # classes

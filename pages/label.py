@@ -76,7 +76,7 @@ def _on_remove() -> None:
     svc.rerun_after_label("label_click")
 
 
-@st.fragment(key="label_click")
+@svc.guarded_fragment("Labelling", key="label_click")
 def click_ui() -> None:
     lab = sess.labels
     names, colors = sess.classes.names, sess.classes.colors
@@ -142,7 +142,7 @@ def _on_active(i: int) -> None:
     st.session_state["paint_erase"] = False
 
 
-@st.fragment(key="label_paint")
+@svc.guarded_fragment("Painting", key="label_paint")
 def paint_ui() -> None:
     try:
         from streamlit_drawable_canvas import st_canvas

@@ -52,7 +52,7 @@ fade = c2.slider("Fade uncertain positions", 0.0, 1.0, 0.0, 0.1, key="map_fade",
 background = c3.radio("Show", ["polarization map", "uncertainty", "virtual image"], key="map_background")
 
 
-@st.fragment(key="map_view")
+@svc.guarded_fragment("Map", key="map_view")
 def map_view() -> None:
     unc = svc.uncertainty(pred)
     walls = svc.domain_walls(sess, pred) if "walls" in overlays else None
@@ -140,12 +140,12 @@ with st.expander("Compare with the conventional centre-of-mass / Friedel map", e
             with st.spinner("Measuring every pattern…"):
                 conv = svc.conventional(sess, signal, g, rad)
             v1, v2, v3 = st.columns(3)
-            v1.plotly_chart(svc.scan_figure(ds, svc.map_rgb(sess, pred), sess=sess, show_labels=False, height=380,
+            v1.plotly_chart(svc.scan_figure(ds, svc.map_rgb(sess, pred), sess=sess, show_labels=False, height=320,
                                             title="CNN map"), key="conv_cnn")
-            v2.plotly_chart(svc.scan_figure(ds, conv["rgb"], sess=sess, show_labels=False, height=380,
+            v2.plotly_chart(svc.scan_figure(ds, conv["rgb"], sess=sess, show_labels=False, height=320,
                                             title=f"{signal}: direction (colour wheel)"), key="conv_dir")
             if "class_rgb" in conv:
-                v3.plotly_chart(svc.scan_figure(ds, conv["class_rgb"], sess=sess, show_labels=False, height=380,
+                v3.plotly_chart(svc.scan_figure(ds, conv["class_rgb"], sess=sess, show_labels=False, height=320,
                                                 title="rule classes"), key="conv_cls")
                 msg = "Rule: direction → nearest class, small → none"
                 msg += "; sign and threshold fitted to your labels" if len(sess.labels) else " (uncalibrated)"
@@ -161,16 +161,19 @@ with st.expander("Compare with the conventional centre-of-mass / Friedel map", e
 # exports
 # --------------------------------------------------------------------------------------
 st.subheader("Export")
-e1, e2, e3, e4 = st.columns(4)
+e1, e2, e3, e4, e5 = st.columns(5)
 base = svc.export_basename(sess)
 e1.download_button("Map (PNG)", data=lambda: svc.export_png(sess, with_walls="walls" in overlays),
                    file_name=f"{base}-map.png", mime="image/png", icon=":material/image:", key="dl_png")
-e2.download_button("Map + probabilities (HDF5)", data=lambda: svc.export_hdf5(sess), file_name=f"{base}-map.h5",
+e2.download_button("Map data (HDF5)", data=lambda: svc.export_hdf5(sess), file_name=f"{base}-map.h5",
                    mime="application/x-hdf5", icon=":material/dataset:", key="dl_h5")
 e3.download_button("Labels (CSV)", data=lambda: svc.export_labels_csv(sess), file_name=f"{base}-labels.csv",
                    mime="text/csv", icon=":material/table:", key="dl_csv")
 e4.download_button("Model checkpoint", data=lambda: svc.export_checkpoint(sess), file_name=f"{base}-model.pt",
                    mime="application/octet-stream", icon=":material/neurology:", key="dl_ckpt")
+e5.download_button("Workspace file", data=lambda: svc.export_workspace(sess), file_name=f"{base}.polmap.h5",
+                   mime="application/x-hdf5", icon=":material/save:", key="dl_ws",
+                   help="Everything: dataset reference, labels, model, predictions, provenance")
 st.caption(f"Everything is also kept in the workspace file `{sess.workspace.path}`.")
 
 # --------------------------------------------------------------------------------------

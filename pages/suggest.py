@@ -65,7 +65,7 @@ def _retrain_and_suggest() -> None:
     bar.empty()
 
 
-@st.fragment(key="suggest_loop")
+@svc.guarded_fragment("Suggestions", key="suggest_loop")
 def suggest_loop() -> None:
     cur = svc.current_suggestion(sess)
     left, right = st.columns([3, 2])

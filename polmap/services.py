@@ -251,12 +251,36 @@ class Session:
         self.prediction_key = None
 
 
+_SESSION_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
 def session() -> Session:
-    """This browser session's :class:`Session` (created on first use)."""
+    """This browser session's :class:`Session` (created on first use).
+
+    The session id names the workspace files and is kept in the URL
+    (``?ws=<id>``): reloading the page, or reopening the link after a server
+    restart, finds the same workspace files and with them the labels and the
+    model. The id is random, so another browser session never lands on it by
+    chance.
+    """
     ss = st.session_state
     if "polmap" not in ss:
-        ss["polmap"] = Session()
-    return ss["polmap"]
+        sess = Session()
+        try:
+            wanted = st.query_params.get("ws")
+        except Exception:  # noqa: BLE001 - no query params outside a browser
+            wanted = None
+        if isinstance(wanted, str) and _SESSION_ID.match(wanted):
+            sess.id = wanted
+            sess.hint_dismissed = True  # a returning user
+        ss["polmap"] = sess
+    sess = ss["polmap"]
+    try:
+        if st.query_params.get("ws") != sess.id:
+            st.query_params["ws"] = sess.id
+    except Exception:  # noqa: BLE001
+        pass
+    return sess
 
 
 def show_flash(sess: Session) -> None:
@@ -524,16 +548,30 @@ def set_calibration(sess: Session, **cal: Any) -> None:
 # ======================================================================================
 # virtual images, preprocessing
 # ======================================================================================
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _virtual_cached(fingerprint: str, _ds: Dataset4D) -> Any:
-    from polmap.virtual import compute_virtual
-
-    return compute_virtual(_ds)
+@st.cache_resource
+def _virtual_registry() -> "_Registry":
+    return _Registry(maxsize=16)
 
 
 def virtual(ds: Dataset4D, progress: Callable[[int, int], None] | None = None) -> Any:
-    """:class:`polmap.virtual.VirtualResult` of a dataset (one pass, cached by fingerprint)."""
-    return _virtual_cached(ds.fingerprint, ds)
+    """:class:`polmap.virtual.VirtualResult` of a dataset (one chunked pass, cached by fingerprint).
+
+    ``progress(rows_done, rows_total)`` is called after every chunk of the
+    first (uncached) computation.
+    """
+    from polmap.virtual import compute_virtual
+
+    reg = _virtual_registry()
+    hit = reg.get(ds.fingerprint)
+    if hit is None:
+        hit = compute_virtual(ds, progress=progress)
+        reg.put(ds.fingerprint, hit)
+    return hit
+
+
+def virtual_ready(ds: Dataset4D) -> bool:
+    """Whether :func:`virtual` is already cached for this dataset."""
+    return _virtual_registry().get(ds.fingerprint) is not None
 
 
 def virtual_image(ds: Dataset4D, kind: str = "bright_field") -> np.ndarray:
@@ -1270,6 +1308,14 @@ def export_checkpoint(sess: Session) -> bytes:
     return buf.getvalue()
 
 
+def export_workspace(sess: Session) -> bytes:
+    """The session's workspace file (saved first), to keep or to move to another machine."""
+    if sess.workspace is None:
+        raise UserError("There is no workspace yet.")
+    sess.workspace.save()
+    return Path(sess.workspace.path).read_bytes()
+
+
 def export_labels_csv(sess: Session) -> bytes:
     return sess.labels.to_csv().encode("utf-8")
 
@@ -1706,3 +1752,18 @@ def ensure_app_navigation() -> None:
         PagesManager.uses_pages_directory = False
         runpy.run_path(str(Path(__file__).resolve().parents[1] / "app.py"), run_name="__main__")
         st.stop()
+
+
+def guarded_fragment(what: str, **fragment_options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``st.fragment`` whose errors are shown as messages (a fragment rerun bypasses the page's guard)."""
+    import functools
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> Any:
+            with guarded(what):
+                return fn(*args, **kwargs)
+
+        return st.fragment(body, **fragment_options)
+
+    return deco

@@ -104,7 +104,8 @@ def test_first_visit_loads_demo_and_shows_data_page(env: Path) -> None:
     at.button(key="hint_ok").click().run()
     assert not any("The loop" in m.value for m in at.markdown)
     # summary table and the before/after preprocessing preview
-    assert any("fingerprint" in m.value and "24 x 32" in m.value for m in at.markdown)
+    [summary] = at.dataframe
+    assert summary.value.iloc[0]["scan (rows x cols)"] == "24 x 32" and "fingerprint" in summary.value.columns
     assert sess.workspace.path.exists() and sess.workspace.path.parent == env / "workspaces"
 
 
@@ -333,7 +334,7 @@ def test_train_map_export_and_read_back(env: Path) -> None:
     model = TrainedModel.load(svc.export_checkpoint(sess))
     assert list(model.class_names) == sess.classes.names
     # the download buttons are on the page
-    assert len(at.get("download_button")) == 4
+    assert len(at.get("download_button")) == 5
 
     # apply the model to another scan (here: the same preset again, a second "time slice")
     at.radio(key="apply_kind").set_value("demo").run()
@@ -390,3 +391,27 @@ def test_two_sessions_never_share_labels_models_or_maps(env: Path) -> None:
     assert sa.model is not None and sb.model is None and sb.prediction is None
     side_b = " ".join(m.value for m in b.sidebar.markdown)
     assert "Labels (0)" in side_b and "not trained yet" in " ".join(c.value for c in b.sidebar.caption)
+
+
+def test_reloading_the_page_keeps_the_work(env: Path) -> None:
+    """The session id lives in the URL (?ws=...): a reload reopens the same workspace files."""
+    at = _app()
+    sess = _sess(at)
+    assert at.query_params["ws"] == [sess.id] or at.query_params["ws"] == sess.id
+    _label_truth(sess, per_class=2)
+    from polmap import services as svc
+
+    svc.autosave(sess)
+    n = len(sess.labels)
+    again = AppTest.from_file(APP, default_timeout=240)
+    again.query_params["ws"] = sess.id
+    again.run()
+    _ok(again)
+    back = _sess(again)
+    assert back.id == sess.id and len(back.labels) == n and back.labels.hash() == sess.labels.hash()
+    # a made-up id is not accepted as a path component
+    odd = AppTest.from_file(APP, default_timeout=240)
+    odd.query_params["ws"] = "../../etc"
+    odd.run()
+    _ok(odd)
+    assert _sess(odd).id != "../../etc" and len(_sess(odd).labels) == 0

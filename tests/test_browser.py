@@ -264,12 +264,23 @@ def test_the_whole_loop_in_chromium(server, truth) -> None:
         page.mouse.click(*_cell(mb, (R, C), r, c))
         page.get_by_text(f"(row {r}, col {c})").first.wait_for()
         _no_traceback(page)
-        page.mouse.move(5, 5)  # no hover label over the map in the screenshot
+        page.mouse.move(1400, 1300)  # no hover label over the map in the screenshot
         _shot(page, "map")
         with page.expect_download() as dl:
             page.get_by_role("button", name="Map (PNG)").click()
         path = dl.value.path()
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        # -- the conventional centre-of-mass / Friedel map beside the CNN map ------------
+        page.get_by_text("Compare with the conventional centre-of-mass / Friedel map").click()
+        page.get_by_text("Compute the conventional map").click()
+        page.get_by_text("Rule: direction").wait_for(timeout=120000)
+        _no_traceback(page)
+        _settle(page, 1)
+        page.get_by_text("Compare with the conventional centre-of-mass / Friedel map").evaluate(
+            "el => el.scrollIntoView({block: 'start'})")
+        time.sleep(0.5)
+        page.screenshot(path=str(SHOTS / "conventional.png"))
         browser.close()
 
 
