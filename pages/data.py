@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 from polmap import services as svc
@@ -55,15 +54,16 @@ with src_upload:
     limit = svc.max_upload_mb()
     up = st.file_uploader(
         f"A 4D-STEM file (HDF5/EMD, .dm4/.dm3, .mib, .raw, .npy/.npz, .blo, .zip; up to {limit} MB)",
-        key="upload", max_upload_size=limit,
+        key="upload",
     )
-    if up is not None and st.button("Open upload", key="open_upload", type="primary"):
+    if up is not None and up.size > limit * 2**20:
+        # checked here, with words, rather than by the widget (which only marks the file red)
+        st.error(
+            f"'{up.name}' is {up.size / 2**20:.1f} MB, more than the {limit} MB upload limit. Put it in the "
+            f"data folder ({svc.data_root()}) and open it from the 'Data folder' tab instead."
+        )
+    elif up is not None and st.button("Open upload", key="open_upload", type="primary"):
         with svc.guarded(f"Opening '{up.name}'"):
-            if up.size > limit * 2**20:
-                raise svc.UserError(
-                    f"'{up.name}' is {up.size / 2**20:.0f} MB, more than the {limit} MB upload limit. Put it in the "
-                    f"data folder ({svc.data_root()}) and open it from the 'Data folder' tab instead."
-                )
             path = svc.save_upload(up.getvalue(), up.name)
             _open_and_set(path, "upload", up.name)
 
@@ -136,7 +136,7 @@ with svc.guarded("Computing the virtual images"):
         st.caption(f"BF disk r = {v.bf_radius:.1f} px; ADF {v.adf_inner:.1f}–{v.adf_outer:.1f} px; "
                    f"beam centre ({cy:.1f}, {cx:.1f}).")
     summ = svc.dataset_summary(ds)
-    st.dataframe([{k: str(v) for k, v in summ.items()}], hide_index=True, use_container_width=True)
+    st.dataframe([{k: str(v) for k, v in summ.items()}], hide_index=True, width="stretch")
 
 # --------------------------------------------------------------------------------------
 # classes

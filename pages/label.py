@@ -87,7 +87,7 @@ def click_ui() -> None:
         cols[i].button(
             f"{n} · {counts.get(n, 0)}", key=f"clsbtn_label_{i}", on_click=_on_class, args=(i,),
             shortcut=str(i + 1) if i < 9 else None, help=f"Label the selected position '{n}' (key {i + 1})",
-            use_container_width=True,
+            width="stretch",
         )
     left, right = st.columns([3, 2])
     with left:
@@ -115,17 +115,17 @@ def click_ui() -> None:
             p = np.asarray(sess.prediction.probabilities)[r, c]
             st.caption("Model: " + ", ".join(f"{n} {q:.0%}" for n, q in zip(names, p)))
         a1, a2, a3, a4 = st.columns(4)
-        a1.button("left", key="mv_l", on_click=_on_move, args=(0, -1), shortcut="Left", use_container_width=True)
-        a2.button("up", key="mv_u", on_click=_on_move, args=(-1, 0), shortcut="Up", use_container_width=True)
-        a3.button("down", key="mv_d", on_click=_on_move, args=(1, 0), shortcut="Down", use_container_width=True)
-        a4.button("right", key="mv_r", on_click=_on_move, args=(0, 1), shortcut="Right", use_container_width=True)
+        a1.button("left", key="mv_l", on_click=_on_move, args=(0, -1), shortcut="Left", width="stretch")
+        a2.button("up", key="mv_u", on_click=_on_move, args=(-1, 0), shortcut="Up", width="stretch")
+        a3.button("down", key="mv_d", on_click=_on_move, args=(1, 0), shortcut="Down", width="stretch")
+        a4.button("right", key="mv_r", on_click=_on_move, args=(0, 1), shortcut="Right", width="stretch")
         u1, u2, u3 = st.columns([1, 1, 1.3])
         u1.button("Undo", key="undo", on_click=_on_undo, shortcut="Ctrl+Z",
-                  disabled=not lab.can_undo, use_container_width=True)
+                  disabled=not lab.can_undo, width="stretch")
         u2.button("Redo", key="redo", on_click=_on_redo, shortcut="Ctrl+Y",
-                  disabled=not lab.can_redo, use_container_width=True)
+                  disabled=not lab.can_redo, width="stretch")
         u3.button("Remove", key="unlabel", on_click=_on_remove, shortcut="Delete",
-                  use_container_width=True, help="Remove the label of the selected position (Delete)")
+                  width="stretch", help="Remove the label of the selected position (Delete)")
         st.toggle(
             f"Label on click with the last class used ({names[sess.active_class]})", key="label_on_click",
             help="Each click on the image labels that position at once: the fastest way through many points.",
@@ -159,10 +159,10 @@ def paint_ui() -> None:
     cols = st.columns(len(names) + 1)
     for i, (n, c) in enumerate(zip(names, colors)):
         cols[i].button(f"{n} · {counts.get(n, 0)}", key=f"clsbtn_paint_{i}", on_click=_on_active, args=(i,),
-                       shortcut=str(i + 1) if i < 9 else None, use_container_width=True,
+                       shortcut=str(i + 1) if i < 9 else None, width="stretch",
                        help=f"Paint with '{n}' (key {i + 1})")
     cols[-1].button("Undo", key="undo_paint", on_click=_on_undo, args=("label_paint",), icon=":material/undo:",
-                    shortcut="Ctrl+Z", disabled=not lab.can_undo, use_container_width=True)
+                    shortcut="Ctrl+Z", disabled=not lab.can_undo, width="stretch")
     t1, t2, t3 = st.columns([3, 2, 2], vertical_alignment="bottom")
     tool = t1.segmented_control("Tool", ["freedraw", "rect", "polygon"], default="freedraw", key="paint_tool",
                                 format_func=lambda t: {"freedraw": "Brush", "rect": "Rectangle", "polygon": "Polygon"}[t]) or "freedraw"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 
 import numpy as np
@@ -191,7 +190,7 @@ with st.expander("Apply this model to another dataset or time slice"):
             rel = st.selectbox("File", [""] + svc.list_data_files(), key="apply_file", format_func=lambda s: s or "— choose —")
             target = ("file", rel)
         else:
-            up = st.file_uploader("File", key="apply_upload", max_upload_size=svc.max_upload_mb())
+            up = st.file_uploader(f"File (up to {svc.max_upload_mb()} MB)", key="apply_upload")
             target = ("upload", up)
         dpath = None
         if target[0] == "file" and target[1]:

@@ -32,7 +32,7 @@ with st.form("suggest_form", border=False):
     )
     budget = c2.number_input("Budget", 1, 1000, int(st.session_state.get("suggest_budget_last", 10)))
     seed = c3.number_input("Seed", 0, 10**6, 0)
-    go = c4.form_submit_button("Suggest", type="primary", use_container_width=True)
+    go = c4.form_submit_button("Suggest", type="primary", width="stretch")
 if go:
     st.session_state["suggest_strategy_last"] = strategy
     st.session_state["suggest_budget_last"] = int(budget)
@@ -100,9 +100,9 @@ def suggest_loop() -> None:
     # the answer buttons under both, full width (keys 1..K, S to skip)
     cols = st.columns(len(sess.classes.names) + 1)
     for k, nm in enumerate(sess.classes.names):
-        cols[k].button(nm, key=f"clsbtn_suggest_{k}", on_click=_answer, args=(k,), use_container_width=True,
+        cols[k].button(nm, key=f"clsbtn_suggest_{k}", on_click=_answer, args=(k,), width="stretch",
                        shortcut=str(k + 1) if k < 9 else None, help=f"Label it '{nm}' (key {k + 1})")
-    cols[-1].button("Skip", key="suggest_skip", on_click=_answer, args=(None,), use_container_width=True,
+    cols[-1].button("Skip", key="suggest_skip", on_click=_answer, args=(None,), width="stretch",
                     shortcut="S", help="Not sure: skip it (key S); it will not be suggested again")
 
 

@@ -142,26 +142,6 @@ def list_data_files(root: Path | None = None, limit: int = 2000) -> list[str]:
 # ======================================================================================
 # errors
 # ======================================================================================
-@contextlib.contextmanager
-def user_errors(what: str = "") -> Iterator[None]:
-    """Show any error inside the block as ``st.error`` (never a traceback); the page goes on.
-
-    Input errors show their message; anything unexpected shows its type and
-    message and is logged with its traceback on the server.
-    """
-    try:
-        yield
-    except st.runtime.scriptrunner.StopException:  # type: ignore[attr-defined]
-        raise
-    except USER_ERRORS as exc:
-        st.error(format_error(exc, what))
-    except Exception as exc:  # noqa: BLE001 - the session must stay alive
-        if type(exc).__name__ in ("RerunException", "StopException", "RerunData"):
-            raise
-        log.error("unexpected error %s\n%s", what, traceback.format_exc())
-        st.error(format_error(exc, what, unexpected=True))
-
-
 def format_error(exc: BaseException, what: str = "", unexpected: bool = False) -> str:
     """One readable paragraph for an exception."""
     msg = str(exc).strip() or type(exc).__name__
@@ -187,7 +167,12 @@ _FLOW = _rerun_exceptions()
 
 @contextlib.contextmanager
 def guarded(what: str = "") -> Iterator[None]:
-    """Like :func:`user_errors` but lets Streamlit's own rerun/stop signals through."""
+    """Show any error inside the block as ``st.error`` (never a traceback); the page goes on.
+
+    Input errors (:data:`USER_ERRORS`) show their message; anything unexpected
+    shows its type and message and is logged with its traceback on the
+    server. Streamlit's own rerun/stop signals pass through.
+    """
     try:
         yield
     except _FLOW:
@@ -1545,15 +1530,6 @@ def map_rgb(sess: Session, pred: Any = None, fade: float = 0.0) -> np.ndarray | 
     return rgb_map(np.asarray(pred.probabilities), sess.classes.colors, fade=float(fade))
 
 
-def _call_flex(fn: Callable[..., Any], *args: Any, **optional: Any) -> Any:
-    """Call ``fn`` with the positional args plus those optional keywords it accepts."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(*args, **optional)
-    return fn(*args, **{k: v for k, v in optional.items() if k in params})
-
 
 def move_selection(sess: Session, drow: int, dcol: int) -> None:
     """Move the selected position by one step (arrow keys), clamped to the scan."""
@@ -1601,19 +1577,7 @@ def rerun_after_label(*fragment_keys: str) -> None:
     return None
 
 
-def rerun_fragment() -> None:
-    """Rerun the current fragment (the whole app when called during a full run)."""
-    from streamlit.errors import StreamlitAPIException
 
-    try:
-        st.rerun(scope="fragment")
-    except StreamlitAPIException:
-        st.rerun()
-
-
-# ======================================================================================
-# the conventional (centre-of-mass / Friedel) map
-# ======================================================================================
 def lattice_guess(ds: Dataset4D) -> tuple[float | None, float]:
     """``(g_px, disk_radius_px)``: first-order disk spacing from the metadata (simulations) or None."""
     from polmap import baseline

@@ -65,6 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         POLMAP_WORKSPACE_DIR=str(tmp / "workspaces"),
         POLMAP_DATA_ROOT=str(tmp / "data"),
         POLMAP_CACHE=os.environ.get("POLMAP_CACHE", str(tmp / "cache")),
+        POLMAP_MAX_UPLOAD_MB="2",
     )
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen(
@@ -303,3 +304,29 @@ def _longest_run(truth: np.ndarray) -> tuple[int, int, int, int]:
                 start = c
     r, c0, c1, k = best
     return r, c0 + 1, min(c1 - 1, c0 + 8), k
+
+
+def test_upload_opens_a_scan_and_refuses_one_too_big(server, tmp_path: Path) -> None:
+    """A fresh browser session: upload a small .npy (opens), then a file over the limit (a clear message)."""
+    from playwright.sync_api import sync_playwright
+
+    small = tmp_path / "small_scan.npy"
+    np.save(small, np.random.default_rng(0).poisson(4, size=(5, 6, 16, 16)).astype(np.uint16))
+    big = tmp_path / "big_scan.npy"
+    np.save(big, np.zeros((3 * 2**20,), np.uint8))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(60000)
+        page.goto(server["url"])
+        page.get_by_text("Mean pattern with the detectors").wait_for(timeout=120000)
+        page.get_by_role("tab", name="Upload").click()
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(small))
+        page.get_by_role("button", name="Open upload").click()
+        page.get_by_text("5 x 6 scan").first.wait_for()
+        _no_traceback(page)
+        page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(big))
+        page.get_by_text("more than the 2 MB upload limit").wait_for()
+        assert "5 x 6 scan" in _text(page)  # the session goes on with the last good scan
+        _no_traceback(page)
+        browser.close()
