@@ -74,8 +74,13 @@ def data_root() -> Path:
 
 
 def workspace_dir() -> Path:
-    """Directory of the per-session workspace files (env ``POLMAP_WORKSPACE_DIR``)."""
-    d = Path(os.environ.get("POLMAP_WORKSPACE_DIR", "workspaces")).expanduser().resolve()
+    """Directory of the per-session workspace files and uploads.
+
+    Env ``POLMAP_WORKSPACE_DIR``; default ``$XDG_DATA_HOME/polmap/workspaces``
+    (``~/.local/share/polmap/workspaces``), outside the source tree.
+    """
+    default = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "polmap" / "workspaces"
+    d = Path(os.environ.get("POLMAP_WORKSPACE_DIR") or default).expanduser().resolve()
     d.mkdir(parents=True, exist_ok=True)
     return d
 
