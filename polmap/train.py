@@ -852,13 +852,17 @@ def train_model(
         return job.member
 
     def drain() -> None:
-        while True:
+        # Once cancelled, epochs finished meanwhile by other threads are not reported:
+        # the caller asked to stop at the one it saw last.
+        while not stop.is_set():
             try:
                 rec = events.get_nowait()
             except queue.Empty:
                 return
             if progress is not None:
                 progress(rec)
+            if _is_cancelled(cancel):
+                stop.set()
 
     def finish(done: list[int], cancelled: bool) -> TrainedModel:
         done = sorted(done)
