@@ -28,7 +28,8 @@ Class names understood by :func:`class_permutation`:
 
 Intensity augmentations
 -----------------------
-Dose (re-sampled counting noise), small subpixel descan shifts and smooth
+Wall mixing (a pattern blended with one of another class, soft target),
+dose (re-sampled counting noise), small subpixel descan shifts and smooth
 *centrosymmetric* intensity fields and gamma changes (thickness-like). The
 fields are deliberately even functions of the detector coordinate: an odd
 field (a gradient) would fake or erase the Friedel asymmetry that carries the
@@ -281,6 +282,14 @@ class AugmentConfig:
         Std of the field's coefficients (log-intensity at the pattern edge).
     gamma_std : float
         Std of log(gamma).
+    mix : bool
+        Wall mixing: blend a fraction ``mix_p`` of the patterns, in linear
+        intensity, with a pattern of another class, ``w * a + (1 - w) * b`` with
+        ``w`` uniform in ``mix_range``, and soften the target to ``w`` / ``1 - w``.
+        A probe on a domain wall sees both domains incoherently, so this is
+        what wall patterns look like; the label is the dominant domain.
+    mix_p : float
+    mix_range : tuple of float
     """
 
     symmetry: bool = True
@@ -288,23 +297,28 @@ class AugmentConfig:
     dose_range: tuple[float, float] = (300.0, 5000.0)
     dose_p: float = 0.5
     shift: bool = True
-    max_shift: float = 0.5
+    max_shift: float = 1.0
     smooth: bool = True
     field_strength: float = 0.1
     gamma_std: float = 0.1
+    mix: bool = False
+    mix_p: float = 0.25
+    mix_range: tuple[float, float] = (0.55, 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
         d = asdict(self)
         d["dose_range"] = list(self.dose_range)
+        d["mix_range"] = list(self.mix_range)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "AugmentConfig":
         """Inverse of :meth:`to_dict`; unknown keys are ignored."""
         d = dict(d or {})
-        if "dose_range" in d:
-            d["dose_range"] = tuple(d["dose_range"])
+        for k in ("dose_range", "mix_range"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -425,11 +439,68 @@ class Augmenter:
         out = x * torch.exp(field).to(x)
         return torch.sign(out) * out.abs().pow(gamma.to(x))
 
+    def _mix(
+        self, x: torch.Tensor, target: torch.Tensor, y: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        n = x.shape[0]
+        partner = torch.randint(n, (n,), generator=g)
+        hit = (torch.rand(n, generator=g) < c.mix_p) & (y[partner] != y)
+        if not hit.any():
+            return x, target
+        lo, hi = c.mix_range
+        w = lo + (hi - lo) * torch.rand(int(hit.sum()), generator=g)
+        wv = w.view(-1, 1, 1, 1)
+        a, b = self._to_linear(x[hit]), self._to_linear(x[partner[hit]])
+        # Each pattern is max-normalised; mix in linear intensity, then normalise like the input.
+        mixed = wv * a + (1 - wv) * b
+        mixed = self._from_linear(mixed / mixed.amax(dim=(-1, -2), keepdim=True).clamp_min(1e-12))
+        scale = x[hit].amax(dim=(-1, -2), keepdim=True)
+        x = x.clone()
+        x[hit] = mixed * scale
+        target = target.clone()
+        target[hit] = w.view(-1, 1) * target[hit] + (1 - w.view(-1, 1)) * target[partner[hit]]
+        return x, target
+
     # -- public -------------------------------------------------------------------
+    def augment(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment a batch, with soft targets (wall mixing).
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, 1, H, W), on CPU
+        y : Tensor of int64, shape (B,)
+        generator : torch.Generator
+            The only source of randomness (same seed, same batches).
+        label_smoothing : float
+            Mass spread uniformly over the classes before mixing.
+
+        Returns
+        -------
+        x : Tensor, shape (B, 1, H, W)
+        target : Tensor, float32, shape (B, K)
+            Class probabilities to train against (rows sum to 1).
+        """
+        c = self.config
+        k = len(self.class_names)
+        x, y = self._symmetry(x, y, generator)
+        target = torch.nn.functional.one_hot(y, k).float() * (1 - label_smoothing) + label_smoothing / k
+        if c.mix and c.mix_p > 0:
+            x, target = self._mix(x, target, y, generator)
+        if c.smooth:
+            x = self._smooth(x, generator)
+        if c.shift and c.max_shift > 0:
+            x = self._shift(x, generator)
+        if c.dose:
+            x = self._dose(x, generator)
+        return x.contiguous(), target
+
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment a batch.
+        """Augment a batch with hard labels (everything but wall mixing).
 
         Parameters
         ----------

@@ -4,7 +4,8 @@ Two architectures, both taking ``(N, 1, H, W)`` float32 patterns and returning
 ``(N, K)`` logits:
 
 ``compact`` (default)
-    Built for few labels and CPU speed (about 0.1 M parameters, 48 px input).
+    Built for few labels and CPU speed (61 k parameters for 5 classes, 48 px
+    input; about 200x faster than ``paper`` per network on a CPU).
     The polar signal is a small intensity difference between the +g and -g
     disks (Friedel asymmetry), i.e. the part of the pattern that is
     antisymmetric under a left/right or up/down mirror. The network therefore
@@ -12,7 +13,9 @@ Two architectures, both taking ``(N, 1, H, W)`` float32 patterns and returning
     input channels, each standardised by its own batch-norm so the few-percent
     asymmetry is not drowned by the bright disk. The final feature map is
     flattened, not globally averaged, so the network knows *where* a disk is
-    brighter (global average pooling would throw that away).
+    brighter (global average pooling would throw that away). In a trained
+    ensemble the members alternate with and without the antisymmetric channels
+    (:attr:`ModelSpec.member_variants`): the two kinds fail in different places.
 
 ``paper``
     ThreeLayerCnn as published (Hardy et al., arXiv 2510.00693): 1 x 256 x 256
@@ -27,6 +30,7 @@ for, as keyword arguments of :class:`polmap.preprocess.PreprocessConfig`.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -43,6 +47,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "default_preprocess",
+    "member_variants",
     "optimize_for_inference",
 ]
 
@@ -111,6 +116,8 @@ class CompactNet(nn.Module):
         Add the two antisymmetric parts of the pattern as input channels.
     first_stride : int
         Stride of the first convolution (2 halves the cost of the network).
+    input_norm : bool
+        Standardise each input channel with batch norm.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class CompactNet(nn.Module):
         dropout: float = 0.25,
         antisymmetric: bool = True,
         first_stride: int = 2,
+        input_norm: bool = True,
     ) -> None:
         super().__init__()
         if n_classes < 2:
@@ -139,7 +147,7 @@ class CompactNet(nn.Module):
         self.antisymmetric = bool(antisymmetric)
         in_ch = 3 if antisymmetric else 1
         # Per-channel standardisation: the antisymmetric parts are ~100x weaker than x.
-        self.input_norm = nn.BatchNorm2d(in_ch)
+        self.input_norm = nn.BatchNorm2d(in_ch) if input_norm else nn.Identity()
         layers: list[nn.Module] = []
         c0 = in_ch
         for i, c in enumerate(channels):
@@ -219,12 +227,17 @@ class ModelSpec:
         One line for menus and reports.
     preprocess : dict
         Keyword arguments of ``PreprocessConfig`` recommended for it.
+    member_variants : tuple of dict
+        Architecture options cycled over the members of a trained ensemble
+        (member ``m`` gets ``member_variants[m % len]``); ``({},)`` for a
+        homogeneous ensemble.
     """
 
     builder: Callable[..., nn.Module]
     default_input_size: int
     description: str
     preprocess: dict[str, Any]
+    member_variants: tuple[dict[str, Any], ...] = ({},)
 
 
 #: Registered architectures by name.
@@ -232,10 +245,16 @@ MODELS: dict[str, ModelSpec] = {
     "compact": ModelSpec(
         builder=CompactNet,
         default_input_size=48,
-        description="compact CNN with antisymmetric (Friedel) input channels, ~0.1 M parameters, 48 px",
+        description="compact CNN, 61 k parameters, 48 px; ensemble members alternate with and without "
+        "antisymmetric (Friedel) input channels",
         preprocess=dict(
             bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=1, output_size=48
         ),
+        # Measured on simulated scans: members that see the antisymmetric parts
+        # and members that see only the pattern fail on different label sets
+        # (where the Friedel asymmetry vanishes with thickness vs. elsewhere);
+        # mixing them beat either kind alone on every preset tried.
+        member_variants=({"antisymmetric": True}, {"antisymmetric": False}),
     ),
     "paper": ModelSpec(
         builder=ThreeLayerCnn,
@@ -289,6 +308,11 @@ def build_model(name: str, n_classes: int, input_size: int | None = None, **cfg:
         raise ValueError(f"bad option for model {name!r}: {exc}") from exc
 
 
+def member_variants(name: str) -> list[dict[str, Any]]:
+    """Architecture options cycled over the members of an ensemble of this model."""
+    return [dict(v) for v in _spec(name).member_variants]
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters of a network."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
@@ -326,23 +350,40 @@ def _fuse_sequential(seq: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*out)
 
 
-def optimize_for_inference(model: nn.Module) -> nn.Module:
-    """An inference-only copy: conv + batch-norm folded, channels-last memory.
+def optimize_for_inference(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+    """An inference-only copy of a network: same outputs, faster on CPU.
 
-    Gives the same outputs (to float rounding) about twice as fast on CPU.
-    The original model is not modified.
+    Batch norm is folded into the convolutions and the memory layout made
+    channels-last (about 2x on CPU). With an ``example`` input the copy is also
+    traced and frozen with TorchScript's ``optimize_for_inference`` (measured
+    another 1.5x: fused conv + ReLU, no layout reorders between layers); the
+    traced copy is checked against the eager one on the example and the eager
+    copy is returned if tracing fails or differs. The original model is not
+    modified.
 
     Parameters
     ----------
     model : nn.Module
         A trained network from :func:`build_model`.
+    example : Tensor, shape (N, 1, H, W), optional
+        A typical input (on the model's device) to trace with.
 
     Returns
     -------
     nn.Module
-        In eval mode; feed it contiguous or channels-last input.
+        In eval mode; call it under ``torch.inference_mode()``.
     """
     m = copy.deepcopy(model).eval()
     if isinstance(getattr(m, "features", None), nn.Sequential):
         m.features = _fuse_sequential(m.features)
-    return m.to(memory_format=torch.channels_last)
+    m = m.to(memory_format=torch.channels_last)
+    if example is None:
+        return m
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # tracer warnings about the input-shape check
+            traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(m, example)))
+            ok = torch.allclose(traced(example), m(example), atol=1e-4, rtol=1e-4)
+    except Exception:  # noqa: BLE001 - any tracing problem: the eager copy is as correct
+        return m
+    return traced if ok else m

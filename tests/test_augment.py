@@ -17,7 +17,15 @@ from polmap.augment import (
     usable_ops,
 )
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Other test processes share the 2 cores; one intra-op thread per process avoids
+    # oversubscription (measured: 2 threads made small-network steps up to 20x slower).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 SIGNED = ["none", "+x", "-x", "+y", "-y"]
 AXIS = ["na", "vertical", "horizontal"]
@@ -217,11 +225,41 @@ def test_dose_noise_is_poisson_like_in_linear_intensity() -> None:
     assert abs(float(v.var()) / 25 - 1) < 0.1  # variance = mean, as for counting noise
 
 
+def test_wall_mixing_blends_linear_intensity_and_softens_the_target() -> None:
+    cfg = AugmentConfig(symmetry=False, dose=False, shift=False, smooth=False, mix=True, mix_p=1.0, mix_range=(0.6, 0.9))
+    aug = Augmenter(SIGNED, cfg, scaling="sqrt")
+    x, y = _batch(20)
+    x = (x / x.amax(dim=(-1, -2), keepdim=True)).sqrt()  # like sqrt-scaled, max-normalised input
+    xa, t = aug.augment(x, y, torch.Generator().manual_seed(0), label_smoothing=0.1)
+    assert t.shape == (20, 5)
+    torch.testing.assert_close(t.sum(1), torch.ones(20))
+    mixed = (t.max(1).values < 0.9 - 1e-6) & (t.max(1).values > 0)
+    assert mixed.sum() >= 10  # most samples found a partner of another class
+    lin = x**2
+    for i in np.nonzero(mixed.numpy())[0]:
+        w = (t[i, y[i]] - 0.02) / 0.9  # undo smoothing (0.1 / 5 classes)
+        assert 0.6 - 1e-5 <= w <= 0.9 + 1e-5
+        assert int(t[i].argmax()) == int(y[i])  # the dominant domain keeps the label
+        # The pattern is w * own + (1 - w) * partner in linear intensity, for one partner of the batch.
+        others = t[i].clone()
+        others[y[i]] = -1
+        partner = int(others.argmax())
+        cands = [j for j in range(20) if int(y[j]) == partner]
+        errs = []
+        for j in cands:
+            m = w * lin[i] + (1 - w) * lin[j]
+            errs.append(float(((m / m.max()).sqrt() - xa[i]).abs().max()))
+        assert min(errs) < 1e-4
+    # Unmixed samples keep their (smoothed) one-hot target and their pattern.
+    for i in np.nonzero((~mixed).numpy())[0]:
+        assert torch.equal(xa[i], x[i])
+
+
 def test_augmenter_rejects_unknown_scaling() -> None:
     with pytest.raises(ValueError, match="scaling"):
         Augmenter(SIGNED, scaling="cube")
 
 
 def test_augment_config_round_trip() -> None:
-    c = AugmentConfig(max_shift=0.3, dose_range=(10.0, 20.0))
+    c = AugmentConfig(max_shift=0.3, dose_range=(10.0, 20.0), mix_range=(0.7, 1.0))
     assert AugmentConfig.from_dict(c.to_dict()) == c

@@ -14,10 +14,19 @@ from polmap.model import (
     build_model,
     count_parameters,
     default_preprocess,
+    member_variants,
     optimize_for_inference,
 )
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Other test processes share the 2 cores; one intra-op thread per process avoids
+    # oversubscription (measured: 2 threads made small-network steps up to 20x slower).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_registry_and_defaults() -> None:
@@ -26,6 +35,16 @@ def test_registry_and_defaults() -> None:
     assert isinstance(m, CompactNet) and m.input_size == MODELS["compact"].default_input_size == 48
     p = build_model("paper", 3)
     assert isinstance(p, ThreeLayerCnn) and p.input_size == 256
+
+
+def test_member_variants() -> None:
+    assert member_variants("compact") == [{"antisymmetric": True}, {"antisymmetric": False}]
+    assert member_variants("paper") == [{}]
+    v = member_variants("compact")
+    v[0]["antisymmetric"] = False  # a copy
+    assert member_variants("compact")[0] == {"antisymmetric": True}
+    plain = build_model("compact", 5, antisymmetric=False)
+    assert plain.input_norm.num_features == 1 and count_parameters(plain) < count_parameters(build_model("compact", 5))
 
 
 def test_compact_output_shape_and_size() -> None:

@@ -23,9 +23,15 @@ from polmap.train import (
     train_model,
 )
 
-# One intra-op thread: on a shared 2-core machine two threads per process
-# oversubscribe the cores and make small-tensor training many times slower.
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Other test processes share the 2 cores; one intra-op thread per process avoids
+    # oversubscription (measured: 2 threads made small-network steps up to 20x slower).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 SIGNED = ["none", "+x", "-x", "+y", "-y"]
 _VEC = {"none": (0, 0), "+x": (0, 1), "-x": (0, -1), "+y": (1, 0), "-y": (-1, 0)}
@@ -168,7 +174,7 @@ def test_validation_folds_never_train_their_member(toy: dict[str, np.ndarray], m
     current: dict = {}
     fed: dict[int, set] = {}
     held: dict[int, set] = {}
-    real_member, real_aug, real_bn = train_mod._train_member, Augmenter.__call__, train_mod._recalibrate_batchnorm
+    real_member, real_aug, real_bn = train_mod._train_member, Augmenter.augment, train_mod._recalibrate_batchnorm
 
     def spy_member(job, *args, **kwargs):
         current["m"] = job.member
@@ -176,16 +182,16 @@ def test_validation_folds_never_train_their_member(toy: dict[str, np.ndarray], m
         fed[job.member] = set()
         return real_member(job, *args, **kwargs)
 
-    def spy_aug(self, x, yb, g):
+    def spy_aug(self, x, yb, g, *args):
         fed[current["m"]].update(rows[p[0].numpy().tobytes()] for p in x)
-        return real_aug(self, x, yb, g)
+        return real_aug(self, x, yb, g, *args)
 
     def spy_bn(net, x, *args):
         fed[current["m"]].update(rows[p[0].numpy().tobytes()] for p in x)
         return real_bn(net, x, *args)
 
     monkeypatch.setattr(train_mod, "_train_member", spy_member)
-    monkeypatch.setattr(Augmenter, "__call__", spy_aug)
+    monkeypatch.setattr(Augmenter, "augment", spy_aug)
     monkeypatch.setattr(train_mod, "_recalibrate_batchnorm", spy_bn)
     m = train_model(X, y, SIGNED, fast_config(epochs=2, workers=1))
     assert sorted(held) == [0, 1, 2]
@@ -239,7 +245,7 @@ def test_class_names_as_labels(toy: dict[str, np.ndarray]) -> None:
 
 def test_same_seed_same_weights(toy: dict[str, np.ndarray]) -> None:
     X, y = toy["X"][:20], toy["y"][:20]
-    cfg = fast_config(epochs=2, n_members=2)
+    cfg = fast_config(epochs=2, n_members=2, workers=2)  # members in parallel threads
     a = train_model(X, y, SIGNED, cfg)
     b = train_model(X, y, SIGNED, fast_config(epochs=2, n_members=2, workers=1))  # sequential: same weights
     c = train_model(X, y, SIGNED, fast_config(epochs=2, n_members=2, seed=1))
@@ -247,6 +253,8 @@ def test_same_seed_same_weights(toy: dict[str, np.ndarray]) -> None:
         for (k, va), vb in zip(na.state_dict().items(), nb.state_dict().values()):
             assert torch.equal(va, vb), k
     assert not torch.equal(a.nets[0].head[-1].weight, c.nets[0].head[-1].weight)
+    assert a.report["parallel_members"] == 2 and b.report["parallel_members"] == 1
+    assert torch.get_num_threads() == 1  # the caller's setting (fixture) is restored
 
 
 def test_progress_and_cancel(toy: dict[str, np.ndarray]) -> None:
@@ -289,6 +297,33 @@ def test_unknown_classes_use_identity_only_and_say_so(toy: dict[str, np.ndarray]
     aug = m.report["augmentation"]
     assert aug["symmetry_ops_used"] == ["identity"]
     assert "not understood" in aug["symmetry_ops_skipped"]["transpose"]
+
+
+def test_members_alternate_architectures_and_survive_a_round_trip(trained: TrainedModel) -> None:
+    # compact's default ensemble: members with and without the antisymmetric input channels.
+    assert trained.report["member_options"] == [{"antisymmetric": True}, {"antisymmetric": False}, {"antisymmetric": True}]
+    assert [n.antisymmetric for n in trained.nets] == [True, False, True]
+    loaded = TrainedModel.from_bytes(trained.to_bytes())
+    assert [n.antisymmetric for n in loaded.nets] == [True, False, True]
+    payload = torch.load(io.BytesIO(trained.to_bytes()), weights_only=True)
+    meta = json.loads(payload["metadata"])
+    meta["model_config"]["member_options"] = meta["model_config"]["member_options"][:2]
+    buf = io.BytesIO()
+    torch.save({**payload, "metadata": json.dumps(meta)}, buf)
+    with pytest.raises(CheckpointError, match="2 member architectures for 3 members"):
+        TrainedModel.load(buf.getvalue())
+    meta["model_config"]["member_options"] = [{"antisymmetric": False}] * 3  # weights of member 0 have 3 inputs
+    buf = io.BytesIO()
+    torch.save({**payload, "metadata": json.dumps(meta)}, buf)
+    with pytest.raises(CheckpointError, match="member 0 does not match"):
+        TrainedModel.load(buf.getvalue())
+
+
+def test_homogeneous_members_on_request(toy: dict[str, np.ndarray]) -> None:
+    m = train_model(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, n_members=2, member_variants=[{}]))
+    assert all(n.antisymmetric for n in m.nets)
+    with pytest.raises(ValueError, match="bad option"):
+        train_model(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, member_variants=[{"wings": 2}]))
 
 
 def test_config_round_trip() -> None:
