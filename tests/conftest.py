@@ -21,6 +21,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("POLMAP_CACHE", str(cache))
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Test processes share 2 cores; one intra-op thread avoids oversubscription
+    # (measured: 2 threads made small-network steps up to 20x slower).
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def shared_real() -> Path:
     """The real detector files in ../shared/data/real (skips when absent)."""

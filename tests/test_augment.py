@@ -18,14 +18,6 @@ from polmap.augment import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Other test processes share the 2 cores; one intra-op thread per process avoids
-    # oversubscription (measured: 2 threads made small-network steps up to 20x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 SIGNED = ["none", "+x", "-x", "+y", "-y"]
 AXIS = ["na", "vertical", "horizontal"]
