@@ -483,19 +483,22 @@ class Augmenter:
         target : Tensor, float32, shape (B, K)
             Class probabilities to train against (rows sum to 1).
         """
-        c = self.config
         k = len(self.class_names)
         x, y = self._symmetry(x, y, generator)
         target = torch.nn.functional.one_hot(y, k).float() * (1 - label_smoothing) + label_smoothing / k
-        if c.mix and c.mix_p > 0:
+        if self.config.mix and self.config.mix_p > 0:
             x, target = self._mix(x, target, y, generator)
+        return self._intensity(x, generator), target
+
+    def _intensity(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        c = self.config
         if c.smooth:
-            x = self._smooth(x, generator)
+            x = self._smooth(x, g)
         if c.shift and c.max_shift > 0:
-            x = self._shift(x, generator)
+            x = self._shift(x, g)
         if c.dose:
-            x = self._dose(x, generator)
-        return x.contiguous(), target
+            x = self._dose(x, g)
+        return x.contiguous()
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
@@ -513,12 +516,5 @@ class Augmenter:
         -------
         x, y : the augmented batch and the matching labels.
         """
-        c = self.config
         x, y = self._symmetry(x, y, generator)
-        if c.smooth:
-            x = self._smooth(x, generator)
-        if c.shift and c.max_shift > 0:
-            x = self._shift(x, generator)
-        if c.dose:
-            x = self._dose(x, generator)
-        return x.contiguous(), y
+        return self._intensity(x, generator), y

@@ -35,7 +35,7 @@ import platform
 import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -923,28 +923,25 @@ def train_model(
     stop = threading.Event()
     workers = _n_workers(config, device, n_members)
 
+    def report_epoch(rec: dict[str, Any]) -> None:
+        # Called by a worker after each epoch: hand the record to the calling thread
+        # and wait until it has been shown, so a cancel set from the progress
+        # callback stops this member before its next epoch (no race).
+        delivered = threading.Event()
+        events.put(("epoch", rec, delivered))
+        while not delivered.wait(0.1):
+            if stop.is_set():
+                return
+
     def run(job: _MemberJob) -> int:
         histories[job.member] = _train_member(
-            job, x_all, y_idx, config, augmenter, device, n_members, events.put, stop, t0
+            job, x_all, y_idx, config, augmenter, device, n_members, report_epoch, stop, t0
         )
         if job.val_idx is not None:
             _, acc, proba = _evaluate(job.net, x_all[job.val_idx], torch.as_tensor(y_idx[job.val_idx]), device)
             oof[job.val_idx] = proba
             member_acc[job.member] = acc
         return job.member
-
-    def drain() -> None:
-        # Once cancelled, epochs finished meanwhile by other threads are not reported:
-        # the caller asked to stop at the one it saw last.
-        while not stop.is_set():
-            try:
-                rec = events.get_nowait()
-            except queue.Empty:
-                return
-            if progress is not None:
-                progress(rec)
-            if _is_cancelled(cancel):
-                stop.set()
 
     def finish(done: list[int], cancelled: bool) -> TrainedModel:
         done = sorted(done)
@@ -978,23 +975,36 @@ def train_model(
     failure: BaseException | None = None
     with _single_intraop_thread() if device.type == "cpu" else contextlib.nullcontext():
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="polmap-train") as pool:
-            pending = {pool.submit(run, job) for job in jobs}
-            while pending:
-                finished, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-                drain()
-                for f in finished:
-                    if f.cancelled():
-                        continue
-                    exc = f.exception()
-                    if exc is None:
-                        done.append(f.result())
-                    elif not isinstance(exc, TrainingCancelled) and failure is None:
-                        failure = exc
+            futures = [pool.submit(run, job) for job in jobs]
+            for f in futures:
+                f.add_done_callback(lambda fut: events.put(("done", fut, None)))
+            remaining = len(futures)
+            while remaining:
+                try:
+                    kind, item, delivered = events.get(timeout=0.05)
+                except queue.Empty:
+                    kind = None
+                if kind == "epoch":
+                    try:
+                        # Once stopped, epochs that other threads finished meanwhile are not shown.
+                        if progress is not None and not stop.is_set():
+                            progress(item)
+                    except BaseException as exc:  # a failing callback stops training, cleanly
+                        failure = failure or exc
+                    finally:
+                        delivered.set()
+                elif kind == "done":
+                    remaining -= 1
+                    if not item.cancelled():
+                        exc = item.exception()
+                        if exc is None:
+                            done.append(item.result())
+                        elif not isinstance(exc, TrainingCancelled) and failure is None:
+                            failure = exc
                 if failure is not None or _is_cancelled(cancel):
                     stop.set()  # workers stop at their next batch; queued members never start
-                    for f in pending:
+                    for f in futures:
                         f.cancel()
-            drain()
     if failure is not None:
         raise failure
     if stop.is_set():

@@ -271,6 +271,15 @@ def test_progress_and_cancel(toy: dict[str, np.ndarray]) -> None:
     assert info2.value.partial is None
 
 
+def test_failing_progress_callback_stops_training(toy: dict[str, np.ndarray]) -> None:
+    def progress(d: dict) -> None:
+        raise KeyError("display went away")
+
+    with pytest.raises(KeyError, match="display went away"):
+        train_model(toy["X"], toy["y"], SIGNED, fast_config(epochs=3, workers=2), progress=progress)
+    assert torch.get_num_threads() == 1  # thread setting restored after the failure
+
+
 def test_early_stopping_uses_training_loss(toy: dict[str, np.ndarray]) -> None:
     m = train_model(toy["X"], toy["y"], SIGNED, fast_config(epochs=40, patience=1, n_members=2, lr=1e-6))
     # With a learning rate this small the loss cannot improve by 2 %: stop after patience epochs.
