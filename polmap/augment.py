@@ -287,7 +287,9 @@ class AugmentConfig:
         intensity, with a pattern of another class, ``w * a + (1 - w) * b`` with
         ``w`` uniform in ``mix_range``, and soften the target to ``w`` / ``1 - w``.
         A probe on a domain wall sees both domains incoherently, so this is
-        what wall patterns look like; the label is the dominant domain.
+        what wall patterns look like; the label is the dominant domain. Off
+        by default: on the simulated presets it did not improve accuracy
+        near walls (measured 97.0 % vs 97.3 % whole-scan on ``demo``).
     mix_p : float
     mix_range : tuple of float
     """

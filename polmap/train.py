@@ -117,7 +117,10 @@ class TrainConfig:
         at least the number of training labels.
     batch_size : int
     lr : float
-        Peak learning rate of the one-cycle schedule (AdamW).
+        Peak learning rate of the one-cycle schedule (AdamW). Defaults chosen
+        by measurement on simulated scans (several presets and label sets):
+        lr 1e-2 and 1 px shifts beat 3e-3 and 0.5 px (98.6 vs 97.3 % with 50
+        labels on ``demo``); 30 epochs beat 20.
     weight_decay : float
     augment : AugmentConfig
     seed : int
