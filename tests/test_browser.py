@@ -26,6 +26,7 @@ the tiny scan's).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -170,149 +172,178 @@ def _nav(page, title: str) -> None:
     _settle(page, 0.5)
 
 
+@contextlib.contextmanager
+def _diagnosed(page, server) -> Iterator[None]:
+    """On failure, add what the page showed and the server's log to the error (CI shows nothing else)."""
+    try:
+        yield
+    except Exception as exc:
+        try:
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
+            txt = _text(page)[-3000:]
+        except Exception as e2:  # the page itself may be gone
+            txt = f"(page unreadable: {e2})"
+        log = Path(server["log"]).read_text(errors="replace")[-3000:] if Path(server["log"]).exists() else ""
+        raise AssertionError(f"{exc}\n--- page text (end) ---\n{txt}\n--- server log (end) ---\n{log}") from exc
+
+
 def test_the_whole_loop_in_chromium(server, truth) -> None:
     from playwright.sync_api import sync_playwright
 
-    R, C = truth.shape
-    names = ["none", "+x", "-x", "+y", "-y"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1350})
         page.set_default_timeout(60000)
-
-        # -- Data: the demo is loaded on first open -------------------------------------
-        page.goto(server["url"])
-        page.locator("h1", has_text="Data").wait_for(timeout=120000)
-        page.get_by_text("Mean pattern with the detectors").wait_for(timeout=120000)
-        assert f"{R} x {C} scan" in _text(page)
-        _no_traceback(page)
-        page.get_by_role("button", name="Got it").click()  # the first-visit hint
-        page.get_by_text("The loop:").wait_for(state="detached")
-        _shot(page, "data")
-
-        # -- Label: click a position, label it with a class button and with a key -------
-        _nav(page, "Label")
-        chart = page.locator(".st-key-label_img .nsewdrag").first
-        chart.wait_for()
-        box = chart.bounding_box()
-        r, c = 2, 3
-        page.mouse.move(*_cell(box, (R, C), r, c))
-        page.mouse.click(*_cell(box, (R, C), r, c))
-        page.get_by_text(f"Position (row {r}, col {c})").wait_for()
-        k = int(truth[r, c])
-        before = _count(page, names[k])
-        page.locator(f".st-key-clsbtn_label_{k} button").first.click()
-        _wait_count(page, names[k], before)
-        page.get_by_text(f"labelled {names[k]}", exact=False).first.wait_for()
-
-        r, c = R - 3, C - 4
-        page.mouse.move(*_cell(box, (R, C), r, c))
-        page.mouse.click(*_cell(box, (R, C), r, c))
-        page.get_by_text(f"Position (row {r}, col {c})").wait_for()
-        k = int(truth[r, c])
-        before = _count(page, names[k])
-        page.keyboard.press(str(k + 1))  # keyboard shortcut of the class
-        _wait_count(page, names[k], before)
-        _no_traceback(page)
-        _shot(page, "label")
-
-        # -- Paint: a brush stroke along a run of one class labels every covered position --
-        page.get_by_text("Paint regions", exact=True).click()
-        canvas = page.locator("canvas").last
-        canvas.wait_for()
-        _settle(page)
-        row, c0, c1, k = _longest_run(truth)
-        page.locator(f".st-key-clsbtn_paint_{k} button").first.click()
-        _settle(page)
-        before = _count(page, names[k])
-        cb = page.locator("canvas").last.bounding_box()
-        page.mouse.move(*_cell(cb, (R, C), row, c0))
-        page.mouse.down()
-        for cc in range(c0, c1 + 1):
-            page.mouse.move(*_cell(cb, (R, C), row, cc), steps=3)
-        page.mouse.up()
-        after = _wait_count(page, names[k], before)
-        assert after - before >= (c1 - c0 + 1) // 2, (before, after)
-        _no_traceback(page)
-        _shot(page, "paint")
-
-        # the eraser with the rectangle tool removes the labels under the rectangle
-        page.get_by_text("Rectangle", exact=True).click()
-        _settle(page)
-        page.get_by_text("Eraser", exact=True).click()
-        _settle(page)
-        cb = page.locator("canvas").last.bounding_box()
-        x0, y0 = _cell(cb, (R, C), row - 1, c0)
-        x1, y1 = _cell(cb, (R, C), row + 1, c0 + 2)
-        page.mouse.move(x0 - 3, y0 - 3)
-        page.mouse.down()
-        page.mouse.move(x1 + 3, y1 + 3, steps=5)
-        page.mouse.up()
-        deadline = time.time() + 30
-        while _count(page, names[k]) >= after and time.time() < deadline:
-            time.sleep(0.1)
-        assert _count(page, names[k]) < after, "the eraser rectangle removed nothing"
-        page.get_by_text("Eraser", exact=True).click()  # eraser off again
-        _settle(page)
-        _no_traceback(page)
-
-        # -- Suggest: answer a round of suggestions one at a time ------------------------
-        _nav(page, "Suggest")
-        page.locator("[data-testid='stNumberInput'] input").first.fill(str(N_LABELS))
-        page.get_by_role("button", name="Suggest", exact=True).click()
-        page.get_by_text("Suggestion 1 of").wait_for(timeout=120000)
-        _shot(page, "suggest")
-        for i in range(N_LABELS):
-            m = re.search(r"#(\d+) at \(row (\d+), col (\d+)\)", _text(page))
-            if m is None:
-                break
-            r, c = int(m.group(2)), int(m.group(3))
-            page.locator(f".st-key-clsbtn_suggest_{int(truth[r, c])} button").first.click()
-            page.wait_for_function(
-                f"() => !document.body.innerText.includes('at (row {r}, col {c})')", timeout=30000)
-        page.get_by_text("suggestions answered").wait_for()
-        _no_traceback(page)
-
-        # -- Train ------------------------------------------------------------------------
-        _nav(page, "Train")
-        page.get_by_text("Settings").click()
-        _fill(page, "Epochs (most, per member)", EPOCHS)
-        _fill(page, "Ensemble members (= cross-validation folds)", MEMBERS)
-        page.get_by_role("button", name="Train", exact=True).click()
-        page.get_by_text("Current model").wait_for(timeout=600000)
-        assert "CPU" in _text(page) or "GPU" in _text(page)
-        _no_traceback(page)
-        _shot(page, "train")
-
-        # -- Map: see it, click on it, download the PNG -----------------------------------
-        _nav(page, "Map")
-        page.get_by_text("Accuracy vs ground truth").wait_for(timeout=120000)
-        mchart = page.locator(".st-key-map_fig .nsewdrag").first
-        mchart.wait_for()
-        mb = mchart.bounding_box()
-        r, c = R // 2, C // 3
-        page.mouse.move(*_cell(mb, (R, C), r, c))
-        page.mouse.click(*_cell(mb, (R, C), r, c))
-        page.get_by_text(f"(row {r}, col {c})").first.wait_for()
-        _no_traceback(page)
-        page.mouse.move(1400, 1300)  # no hover label over the map in the screenshot
-        _shot(page, "map")
-        with page.expect_download() as dl:
-            page.get_by_role("button", name="Map (PNG)").click()
-        path = dl.value.path()
-        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-        # -- the conventional centre-of-mass / Friedel map beside the CNN map ------------
-        page.get_by_text("Compare with the conventional centre-of-mass / Friedel map").click()
-        page.get_by_text("Compute the conventional map").click()
-        page.get_by_text("Rule: direction").wait_for(timeout=120000)
-        _no_traceback(page)
-        _settle(page, 1)
-        page.get_by_text("Compare with the conventional centre-of-mass / Friedel map").evaluate(
-            "el => el.scrollIntoView({block: 'start'})")
-        time.sleep(0.5)
-        page.screenshot(path=str(SHOTS / "conventional.png"))
+        with _diagnosed(page, server):
+            _whole_loop(page, server["url"], truth)
         browser.close()
+
+
+def _whole_loop(page, url: str, truth: np.ndarray) -> None:
+    R, C = truth.shape
+    names = ["none", "+x", "-x", "+y", "-y"]
+
+    # -- Data: the demo is loaded on first open -------------------------------------
+    page.goto(url)
+    page.locator("h1", has_text="Data").wait_for(timeout=120000)
+    page.get_by_text("Mean pattern with the detectors").wait_for(timeout=120000)
+    assert f"{R} x {C} scan" in _text(page)
+    _no_traceback(page)
+    page.get_by_role("button", name="Got it").click()  # the first-visit hint
+    page.get_by_text("The loop:").wait_for(state="detached")
+    _shot(page, "data")
+
+    # -- Label: click a position, label it with a class button and with a key -------
+    _nav(page, "Label")
+    chart = page.locator(".st-key-label_img .nsewdrag").first
+    chart.wait_for()
+    box = chart.bounding_box()
+    r, c = 2, 3
+    page.mouse.move(*_cell(box, (R, C), r, c))
+    page.mouse.click(*_cell(box, (R, C), r, c))
+    page.get_by_text(f"Position (row {r}, col {c})").wait_for()
+    k = int(truth[r, c])
+    before = _count(page, names[k])
+    page.locator(f".st-key-clsbtn_label_{k} button").first.click()
+    _wait_count(page, names[k], before)
+    page.get_by_text(f"labelled {names[k]}", exact=False).first.wait_for()
+
+    r, c = R - 3, C - 4
+    page.mouse.move(*_cell(box, (R, C), r, c))
+    page.mouse.click(*_cell(box, (R, C), r, c))
+    page.get_by_text(f"Position (row {r}, col {c})").wait_for()
+    k = int(truth[r, c])
+    before = _count(page, names[k])
+    page.keyboard.press(str(k + 1))  # keyboard shortcut of the class
+    _wait_count(page, names[k], before)
+    _no_traceback(page)
+    _shot(page, "label")
+
+    # -- Paint: a brush stroke along a run of one class labels every covered position --
+    page.get_by_text("Paint regions", exact=True).click()
+    canvas = page.locator("canvas").last
+    canvas.wait_for()
+    _settle(page)
+    row, c0, c1, k = _longest_run(truth)
+    page.locator(f".st-key-clsbtn_paint_{k} button").first.click()
+    _settle(page)
+    before = _count(page, names[k])
+    cb = page.locator("canvas").last.bounding_box()
+    page.mouse.move(*_cell(cb, (R, C), row, c0))
+    page.mouse.down()
+    for cc in range(c0, c1 + 1):
+        page.mouse.move(*_cell(cb, (R, C), row, cc), steps=3)
+    page.mouse.up()
+    after = _wait_count(page, names[k], before)
+    assert after - before >= (c1 - c0 + 1) // 2, (before, after)
+    _no_traceback(page)
+    _shot(page, "paint")
+
+    # the eraser with the rectangle tool removes the labels under the rectangle
+    page.get_by_text("Rectangle", exact=True).click()
+    _settle(page)
+    page.get_by_text("Eraser", exact=True).click()
+    _settle(page)
+    cb = page.locator("canvas").last.bounding_box()
+    x0, y0 = _cell(cb, (R, C), row - 1, c0)
+    x1, y1 = _cell(cb, (R, C), row + 1, c0 + 2)
+    page.mouse.move(x0 - 3, y0 - 3)
+    page.mouse.down()
+    page.mouse.move(x1 + 3, y1 + 3, steps=5)
+    page.mouse.up()
+    deadline = time.time() + 30
+    while _count(page, names[k]) >= after and time.time() < deadline:
+        time.sleep(0.1)
+    assert _count(page, names[k]) < after, "the eraser rectangle removed nothing"
+    page.get_by_text("Eraser", exact=True).click()  # eraser off again
+    _settle(page)
+    _no_traceback(page)
+
+    # -- Suggest: answer a round of suggestions one at a time ------------------------
+    _nav(page, "Suggest")
+    page.locator("[data-testid='stNumberInput'] input").first.fill(str(N_LABELS))
+    page.get_by_role("button", name="Suggest", exact=True).click()
+    page.get_by_text("Suggestion 1 of").wait_for(timeout=120000)
+    _shot(page, "suggest")
+    for i in range(N_LABELS):
+        m = re.search(r"#(\d+) at \(row (\d+), col (\d+)\)", _text(page))
+        if m is None:
+            break
+        r, c = int(m.group(2)), int(m.group(3))
+        page.locator(f".st-key-clsbtn_suggest_{int(truth[r, c])} button").first.click()
+        page.wait_for_function(
+            f"() => !document.body.innerText.includes('at (row {r}, col {c})')", timeout=30000)
+    page.get_by_text("suggestions answered").wait_for()
+    _no_traceback(page)
+
+    # -- Train ------------------------------------------------------------------------
+    _nav(page, "Train")
+    page.get_by_text("Settings").click()
+    _fill(page, "Epochs (most, per member)", EPOCHS)
+    _fill(page, "Ensemble members (= cross-validation folds)", MEMBERS)
+    page.get_by_role("button", name="Train", exact=True).click()
+    page.get_by_text("Current model").wait_for(timeout=600000)
+    assert "CPU" in _text(page) or "GPU" in _text(page)
+    _no_traceback(page)
+    _shot(page, "train")
+
+    # -- Map: see it, click on it, download the PNG -----------------------------------
+    _nav(page, "Map")
+    page.get_by_text("Accuracy vs ground truth").wait_for(timeout=120000)
+    mchart = page.locator(".st-key-map_fig .nsewdrag").first
+    mchart.wait_for()
+    mb = mchart.bounding_box()
+    r, c = R // 2, C // 3
+    page.mouse.move(*_cell(mb, (R, C), r, c))
+    page.mouse.click(*_cell(mb, (R, C), r, c))
+    page.get_by_text(f"(row {r}, col {c})").first.wait_for()
+    _no_traceback(page)
+    page.mouse.move(1400, 1300)  # no hover label over the map in the screenshot
+    _shot(page, "map")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Map (PNG)").click()
+    path = dl.value.path()
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # -- the conventional centre-of-mass / Friedel map beside the CNN map ------------
+    _settle(page)
+    page.get_by_text("Compare with the conventional centre-of-mass / Friedel map").click()
+    toggle = page.locator(".st-key-conv_on input[type='checkbox']").first
+    toggle.wait_for(state="attached")
+    for _ in range(3):  # a click that lands while the page reruns can be lost: check the switch took it
+        page.get_by_text("Compute the conventional map").click()
+        _settle(page, 0.5)
+        if toggle.is_checked():
+            break
+    assert toggle.is_checked(), "the 'Compute the conventional map' switch did not turn on"
+    page.get_by_text("Rule: direction").wait_for(timeout=120000)
+    _no_traceback(page)
+    _settle(page, 1)
+    page.get_by_text("Compare with the conventional centre-of-mass / Friedel map").evaluate(
+        "el => el.scrollIntoView({block: 'start'})")
+    time.sleep(0.5)
+    page.screenshot(path=str(SHOTS / "conventional.png"))
 
 
 def _fill(page, label: str, value: int) -> None:
