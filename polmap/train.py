@@ -211,30 +211,51 @@ def _is_cancelled(cancel: CancelLike) -> bool:
     return bool(cancel())
 
 
-def make_folds(y: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
-    """Stratified fold assignment.
+def make_folds(y: np.ndarray, n_folds: int, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
+    """Stratified fold assignment that never splits a group.
 
     Parameters
     ----------
     y : ndarray of int, shape (N,)
     n_folds : int
     seed : int
+    groups : ndarray of int, shape (N,), optional
+        Labels sharing a group id (one painted region) go to the same fold:
+        neighbouring positions of one region are near-duplicates, and one of
+        them in the validation fold while its neighbours train would make the
+        validation accuracy optimistic. Default: every label its own group.
 
     Returns
     -------
     ndarray of int, shape (N,)
-        Fold of every label. Within each class the labels are shuffled and
-        dealt round-robin, continuing where the previous class stopped, so fold
-        sizes differ by at most one and each class is spread over the folds.
+        Fold of every label. Within each class the groups are shuffled, then
+        dealt largest first, each to the fold holding the fewest labels of that
+        class (ties: fewest labels overall, then round-robin), so single-label
+        groups are dealt round-robin and each class is spread over the folds.
     """
     rng = np.random.default_rng(seed)
     y = np.asarray(y)
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups must have the shape of y {y.shape}, found {g.shape}")
     folds = np.empty(len(y), dtype=np.int64)
-    start = 0
+    total = np.zeros(n_folds, dtype=np.int64)
+    turn = 0
     for cls in np.unique(y):
-        idx = rng.permutation(np.nonzero(y == cls)[0])
-        folds[idx] = (start + np.arange(len(idx))) % n_folds
-        start = (start + len(idx)) % n_folds
+        members = np.nonzero(y == cls)[0]
+        ids, inverse = np.unique(g[members], return_inverse=True)
+        order = rng.permutation(len(ids))
+        sizes = np.bincount(inverse, minlength=len(ids))
+        order = order[np.argsort(-sizes[order], kind="stable")]
+        per_class = np.zeros(n_folds, dtype=np.int64)
+        for gi in order:
+            rr = (np.arange(n_folds) - turn) % n_folds  # round-robin rank from the current turn
+            f = int(np.lexsort((rr, total, per_class))[0])
+            idx = members[inverse == gi]
+            folds[idx] = f
+            per_class[f] += len(idx)
+            total[f] += len(idx)
+            turn = (f + 1) % n_folds
     return folds
 
 
@@ -814,6 +835,7 @@ def train_model(
     provenance: dict[str, Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     cancel: CancelLike = None,
+    groups: Any = None,
 ) -> TrainedModel:
     """Train a cross-validation ensemble on labelled, preprocessed patterns.
 
@@ -840,6 +862,9 @@ def train_model(
     cancel : callable or threading.Event, optional
         Polled while training; when it returns/is True, training stops and
         :class:`TrainingCancelled` is raised (``.partial`` holds finished members).
+    groups : array of int, shape (N,), optional
+        Group id of every label (``LabelStore.groups()``): a painted region is
+        held out whole, never split between training and validation.
 
     Returns
     -------
@@ -874,22 +899,30 @@ def train_model(
     counts = np.bincount(y_idx, minlength=K)
     n = len(y_idx)
 
-    # Is honest validation possible? Labels of classes with a single label are
-    # never held out (a member without them could not predict the class at all);
-    # they train every member and are left out of the out-of-fold estimate.
-    singles = [k for k in range(K) if counts[k] == 1]
-    can_hold_out = np.isin(y_idx, [k for k in range(K) if counts[k] >= 2])
+    # Is honest validation possible? Labels of classes with a single label (or a
+    # single painted region) are never held out (a member without them could not
+    # predict the class at all); they train every member and are not validated.
+    if groups is None:
+        g_idx = np.arange(len(y_idx))
+    else:
+        g_idx = np.asarray(groups).reshape(-1)
+        if len(g_idx) != len(y_idx):
+            raise ValueError(f"{len(g_idx)} group ids for {len(y_idx)} labels")
+    # A class all in one group (one painted region) cannot be held out honestly either.
+    n_groups = np.array([len(np.unique(g_idx[y_idx == k])) for k in range(K)])
+    singles = [k for k in range(K) if counts[k] >= 1 and n_groups[k] == 1]
+    can_hold_out = np.isin(y_idx, [k for k in range(K) if n_groups[k] >= 2])
     reasons = []
     if n < config.min_labels_for_validation:
         reasons.append(f"only {n} labels (< {config.min_labels_for_validation})")
     if len(np.unique(y_idx[can_hold_out])) < 2:
-        reasons.append("fewer than two classes have 2 or more labels")
+        reasons.append("fewer than two classes have labels in 2 or more places (points or regions)")
     if n_members < 2:
         reasons.append("n_members=1: no fold can be held out")
     cv = not reasons
     folds = np.full(n, -1, dtype=np.int64)
     if cv:
-        folds[can_hold_out] = make_folds(y_idx[can_hold_out], n_members, config.seed)
+        folds[can_hold_out] = make_folds(y_idx[can_hold_out], n_members, config.seed, groups=g_idx[can_hold_out])
 
     variants = config.member_variants if config.member_variants is not None else member_variants(config.model)
     variants = [dict(v) for v in variants] or [{}]
@@ -1062,13 +1095,15 @@ def _report(
         rep["validation"] = "cross-validation"
         rep["validation_note"] = (
             f"{n_members}-fold stratified cross-validation: member k never trained on fold k, so the "
-            "out-of-fold predictions give an honest accuracy for every validated label "
+            "out-of-fold predictions give an honest accuracy for every validated label; a painted region is "
+            "held out whole "
             "(validation did not choose the stopping epoch either)"
         )
         if singles:
             single_names = [names[k] for k in singles]
             warnings.append(
-                f"classes with a single label {single_names}: that label trains every member and is not validated"
+                f"classes labelled in a single place (one point or one region) {single_names}: those labels train "
+                "every member and are not validated"
             )
         rep["member_val_accuracy"] = [None if a is None else round(float(a), 4) for a in member_acc]
         rep["n_validated"] = int(done.sum())

@@ -125,6 +125,36 @@ def test_folds_are_stratified_and_balanced() -> None:
     assert np.array_equal(f, make_folds(y, 5, seed=0))
 
 
+def test_folds_never_split_a_painted_region() -> None:
+    # Two regions of 6 and 4 labels plus single points: each region lands whole in one fold.
+    y = np.array([0] * 6 + [0] * 3 + [1] * 4 + [1] * 4)
+    groups = np.array([7] * 6 + [1, 2, 3] + [9] * 4 + [4, 5, 6, 8])
+    f = make_folds(y, 3, seed=1, groups=groups)
+    for g in np.unique(groups):
+        assert len(np.unique(f[groups == g])) == 1
+    # Without groups, the same region is spread over the folds (what made validation optimistic).
+    assert len(np.unique(make_folds(y, 3, seed=1)[groups == 7])) == 3
+    # Single-point groups reproduce the plain stratified dealing.
+    y2 = np.array([0] * 10 + [1] * 7 + [2] * 3)
+    assert np.array_equal(make_folds(y2, 5, seed=0, groups=np.arange(20)), make_folds(y2, 5, seed=0))
+    with pytest.raises(ValueError, match="groups must have the shape"):
+        make_folds(y2, 5, groups=np.arange(3))
+
+
+def test_a_class_painted_once_is_not_validated(toy: dict[str, np.ndarray]) -> None:
+    X, y = toy["X"], toy["y"]
+    groups = np.arange(len(y))
+    groups[y == 0] = 1000  # every "none" label from one painted region
+    m = train_model(X, y, SIGNED, fast_config(epochs=1, n_members=2), groups=groups)
+    rep = m.report
+    assert rep["validation"] == "cross-validation"
+    assert not set(np.nonzero(y == 0)[0]) & set(rep["oof_label_indices"])
+    assert rep["n_validated"] == int((y != 0).sum())
+    assert any("single place (one point or one region) ['none']" in w for w in rep["warnings"])
+    with pytest.raises(ValueError, match="group ids for"):
+        train_model(X, y, SIGNED, fast_config(epochs=1, n_members=2), groups=groups[:-1])
+
+
 def test_device_resolution() -> None:
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
@@ -208,7 +238,7 @@ def test_few_labels_say_no_validation(toy: dict[str, np.ndarray]) -> None:
     m = train_model(X[pick], y[pick], SIGNED, fast_config(epochs=2, n_members=2))
     assert m.report["validation"] == "none"
     assert "only 6 labels" in m.report["validation_note"]
-    assert "fewer than two classes have 2 or more labels" in m.report["validation_note"]
+    assert "fewer than two classes have labels in 2 or more places" in m.report["validation_note"]
     assert m.report["oof_accuracy"] is None and m.n_members == 2
     # A missing class is reported, not hidden.
     no_none = y != 0
@@ -226,7 +256,7 @@ def test_single_label_class_trains_every_member_and_is_not_validated(toy: dict[s
     assert rep["validation"] == "cross-validation"
     single = int(np.nonzero(y[keep] == 0)[0][0])
     assert single not in rep["oof_label_indices"] and rep["n_validated"] == keep.sum() - 1
-    assert any("single label ['none']" in w for w in rep["warnings"])
+    assert any("single place (one point or one region) ['none']" in w for w in rep["warnings"])
 
 
 def test_class_names_as_labels(toy: dict[str, np.ndarray]) -> None:
