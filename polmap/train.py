@@ -129,7 +129,8 @@ class TrainConfig:
         Ensemble size; also the number of cross-validation folds.
     patience : int
         Stop a member after this many epochs without a 2 % drop of its
-        smoothed training loss (0: never stop early).
+        smoothed training loss (0: never stop early); never while that loss is
+        above 0.75 log(classes), i.e. before the member has learnt anything.
     min_labels_for_validation : int
         Below this many labels no fold is held out.
     class_balance : bool
@@ -722,6 +723,10 @@ def _recalibrate_batchnorm(net: nn.Module, x: torch.Tensor, augmenter: Augmenter
     net.eval()
 
 
+#: Early stopping needs the smoothed training loss below this fraction of log(classes).
+_LEARNED_LOSS_FRACTION = 0.75
+
+
 @dataclass
 class _MemberJob:
     member: int
@@ -757,6 +762,7 @@ def _train_member(
     steps = math.ceil(n_per_epoch / config.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps, pct_start=0.15)
     y_t = torch.as_tensor(y)
+    n_present = max(2, len(np.unique(y)))
     history: list[dict[str, Any]] = []
     smooth = None
     best = math.inf
@@ -799,13 +805,17 @@ def _train_member(
             history.append(rec)
             report(dict(rec))
             # Early stopping on the (smoothed) training loss only: validation labels
-            # must not pick the member they validate.
+            # must not pick the member they validate. A member still near the loss of
+            # guessing (log K) has not learned yet: it is never stopped, so the decaying
+            # learning rate gets its chance (on the demo, members stuck at log K after the
+            # warm-up were stopped at epoch 9 and predicted one class everywhere).
             smooth = train_loss if smooth is None else 0.6 * smooth + 0.4 * train_loss
             if smooth < best * 0.98:
                 best, wait = smooth, 0
             else:
                 wait += 1
-            if config.patience and wait >= config.patience:
+            learned = smooth < _LEARNED_LOSS_FRACTION * math.log(n_present)
+            if config.patience and wait >= config.patience and learned:
                 history[-1]["stopped_early"] = True
                 break
         _recalibrate_batchnorm(net, x, augmenter, device)
