@@ -549,18 +549,6 @@ def _transform_all(pre: Any, dataset: Any) -> np.ndarray:
     return X
 
 
-def _pattern_features(X: np.ndarray, pool: int = 4) -> np.ndarray:
-    n, H, W = X.shape
-    h, w = H // pool * pool, W // pool * pool
-    x = X[:, :h, :w]
-    anti_lr = x - x[:, :, ::-1]
-    anti_ud = x - x[:, ::-1, :]
-    feats = []
-    for a in (x, anti_lr, anti_ud):
-        feats.append(a.reshape(n, h // pool, pool, w // pool, pool).mean(axis=(2, 4)).reshape(n, -1))
-    return np.concatenate(feats, axis=1)
-
-
 def _virtual_features(dataset: Any) -> np.ndarray:
     from polmap.virtual import compute_virtual
 
@@ -654,18 +642,9 @@ def _train_summary(tm: Any) -> dict[str, Any]:
 
 
 def _pca_knn_map(X_flat: np.ndarray, pos: np.ndarray, cls: np.ndarray, scan_shape: tuple[int, int], seed: int) -> np.ndarray:
+    # Martinc et al.'s baseline, PCA(20) + kNN(5), on the same preprocessed inputs the network sees.
     R, C = scan_shape
     flat = pos[:, 0] * C + pos[:, 1]
-    try:
-        from polmap import baseline
-
-        fn = getattr(baseline, "pca_knn_predict", None)
-    except ImportError:  # pragma: no cover
-        fn = None
-    if fn is not None:
-        out = fn(X_flat, flat, cls, seed=seed)
-        return np.asarray(out).reshape(R, C)
-    # Fallback (Martinc et al.): PCA(20) + kNN(5) on the flattened inputs.
     from sklearn.decomposition import PCA
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -1010,6 +989,8 @@ def run_benchmark(
     _progress(progress, f"dataset {dataset.name}: scan {R} x {C}, {n_known} known positions, classes {names}")
 
     # Preprocess the whole scan once (the network inputs), and the cold-start features.
+    from polmap.sampling import pattern_features
+
     t0 = time.perf_counter()
     pre = Preprocessor(PreprocessConfig(**default_preprocess(cfg.model))).fit(dataset)
     fit_s = time.perf_counter() - t0
@@ -1019,7 +1000,7 @@ def run_benchmark(
     pstate = pre.state_dict()
     features = None
     if any(s in _FEATURE_STRATEGIES for s in cfg.strategies):
-        features = _virtual_features(dataset) if cfg.cold_start_features == "virtual" else _pattern_features(X_all)
+        features = _virtual_features(dataset) if cfg.cold_start_features == "virtual" else pattern_features(X_all)
     _progress(progress, f"preprocessed {R * C} patterns in {fit_s + transform_s:.1f} s")
 
     strategies: dict[str, Any] = {}

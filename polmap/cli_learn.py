@@ -176,16 +176,6 @@ def _read_json_arg(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
-def _cold_start_features(ds: Any) -> np.ndarray:
-    """Pattern features for a cold start (as the benchmark uses): compact preprocessing, pooled, + antisymmetric parts."""
-    from polmap.benchmark import _pattern_features, _transform_all
-    from polmap.model import default_preprocess
-    from polmap.preprocess import PreprocessConfig, Preprocessor
-
-    pre = Preprocessor(PreprocessConfig(**default_preprocess("compact"))).fit(ds)
-    return _pattern_features(_transform_all(pre, ds))
-
-
 # ---------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------
@@ -232,8 +222,6 @@ def _train(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict({**base, **overrides, "model": args.model})
 
         def progress(rec: dict[str, Any]) -> None:
-            if rec["epoch"] == rec["epochs"] or rec.get("stopped_early"):
-                pass
             if not args.quiet and args.verbose:
                 va = rec.get("val_acc")
                 print(f"member {rec['member'] + 1}/{rec['n_members']} epoch {rec['epoch']}/{rec['epochs']} "
@@ -248,7 +236,7 @@ def _train(args: argparse.Namespace) -> int:
                 "dataset_path": ds.dataset_path, "label_hash": store.hash(),
                 "labels_file": os.path.abspath(args.labels),
             },
-            progress=progress,
+            progress=progress, groups=store.groups(),
         )
         train_s = time.perf_counter() - t0
         tm.save(args.out)
@@ -392,7 +380,7 @@ def _predict(args: argparse.Namespace) -> int:
 # suggest
 # ---------------------------------------------------------------------------------
 def _suggest(args: argparse.Namespace) -> int:
-    from polmap.sampling import STRATEGIES, suggest_detailed
+    from polmap.sampling import STRATEGIES, dataset_features, suggest_detailed
 
     if args.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {args.strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
@@ -416,7 +404,7 @@ def _suggest(args: argparse.Namespace) -> int:
                 pre, _ = _model_preprocessor(model, ds, refit=True)
                 kwargs["probabilities"] = _predict_arrays(model, ds, pre)["probabilities"]
         if args.strategy in ("adaptive", "cold_start") and "probabilities" not in kwargs:
-            kwargs["features"] = _cold_start_features(ds)
+            kwargs["features"] = dataset_features(ds)
         res = suggest_detailed(args.strategy, ds.scan_shape, pos, cls, int(args.budget), **kwargs)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

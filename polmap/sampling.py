@@ -36,8 +36,10 @@ from scipy.spatial import cKDTree
 __all__ = [
     "STRATEGIES",
     "Suggestion",
+    "dataset_features",
     "default_step",
     "grid_shape",
+    "pattern_features",
     "seed_grid",
     "suggest",
     "suggest_detailed",
@@ -50,7 +52,8 @@ STRATEGIES: dict[str, str] = {
     "random": "uniformly random unlabelled positions",
     "grid": "a regular 2-D grid of about `budget` points with the scan's aspect ratio",
     "bisection": "the paper's binary search: seed grid, then midpoints between differently labelled neighbours",
-    "adaptive": "model uncertainty + wall likelihood, kept apart by a minimum spacing (cold_start without a model)",
+    "adaptive": "model uncertainty + wall likelihood + uncertain regions, kept apart by a minimum spacing, a fifth "
+                "for exploration far from every label (cold_start without a model)",
     "cold_start": "k-means clusters of pattern features: one representative per cluster, then cluster borders",
 }
 
@@ -585,8 +588,22 @@ def _adaptive(
     w_wall: float = 1.0,
     w_diversity: float = 0.25,
     min_spacing: float | None = None,
+    w_region: float = 1.0,
+    explore: float = 0.2,
 ) -> Suggestion:
-    """Greedy: best (uncertainty + wall) score among positions at least ``min_spacing`` from every label and pick."""
+    """Greedy: best (uncertainty + wall + uncertain-region) score among positions at least ``min_spacing`` from every label and pick.
+
+    The region term is the uncertainty averaged over a Gaussian of the spacing's
+    width: a whole domain the model gets unsure about (a class it has hardly
+    seen) outranks a thin wall line, which uncertainty alone would not.
+
+    A share ``explore`` of the picks (rounded; none for one or two picks) goes
+    to the positions farthest from every label: a model can be confidently
+    wrong over a whole region it has never seen a label in (on the demo, a
+    thickness where the polar signal fades looked like ``none`` to a model
+    with no label there), and no score computed from its own probabilities
+    points there.
+    """
     if ctx.probabilities is None:
         if ctx.features is not None or ctx.virtual_image is not None:
             s = _cold_start(ctx)
@@ -597,26 +614,34 @@ def _adaptive(
         pk = _Picker(ctx)
         pk.farthest(ctx.n)
         return pk.result("adaptive", "no model and no features yet: positions farthest from every label", {})
-    for name, w in (("w_uncertainty", w_uncertainty), ("w_wall", w_wall), ("w_diversity", w_diversity)):
+    for name, w in (("w_uncertainty", w_uncertainty), ("w_wall", w_wall), ("w_diversity", w_diversity),
+                    ("w_region", w_region)):
         if not (np.isfinite(w) and w >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, found {w!r}")
-    if w_uncertainty + w_wall <= 0:
-        raise ValueError("w_uncertainty + w_wall must be > 0")
+    if w_uncertainty + w_wall + w_region <= 0:
+        raise ValueError("w_uncertainty + w_wall + w_region must be > 0")
+    if not (np.isfinite(explore) and 0 <= explore <= 1):
+        raise ValueError(f"explore must be a share between 0 and 1, found {explore!r}")
+    n_explore = int(math.floor(explore * ctx.n + 0.5))
     spacing = _default_spacing(ctx) if min_spacing is None else float(min_spacing)
     if not (np.isfinite(spacing) and spacing >= 0):
         raise ValueError(f"min_spacing must be a finite number >= 0, found {min_spacing!r}")
     params = {
         "uncertainty": uncertainty, "w_uncertainty": float(w_uncertainty), "w_wall": float(w_wall),
-        "w_diversity": float(w_diversity), "min_spacing": round(spacing, 3),
+        "w_diversity": float(w_diversity), "w_region": float(w_region), "explore": float(explore),
+        "min_spacing": round(spacing, 3),
     }
-    u = uncertainty_map(ctx.probabilities, uncertainty).ravel() * w_uncertainty
+    u_map = uncertainty_map(ctx.probabilities, uncertainty)
+    u = u_map.ravel() * w_uncertainty
     w = wall_likelihood(ctx.probabilities).ravel() * w_wall
-    score = (u + w) / (w_uncertainty + w_wall)
+    region = ndimage.gaussian_filter(u_map, sigma=max(spacing, 1.0), mode="nearest").ravel()
+    g = region * w_region
+    score = (u + w + g) / (w_uncertainty + w_wall + w_region)
     pk = _Picker(ctx)
     tie = pk.jitter * 1e-9  # deterministic per seed, never outweighs a real score difference
     s = spacing
     relaxed = False
-    while pk.left:
+    while pk.left > n_explore:
         far = pk.d2 >= s * s
         ok = pk.free & far
         if not ok.any():
@@ -632,15 +657,86 @@ def _adaptive(
         idx = int(np.argmax(np.where(ok, key, -np.inf)))
         if score[idx] < 0.05:
             reason = "diverse"  # nothing uncertain left near here: picked for coverage
-        elif w[idx] > u[idx]:
+        elif w[idx] >= max(u[idx], g[idx]):
             reason = "wall"
+        elif w_region > 0 and region[idx] >= 0.5:
+            reason = "uncertain region"  # the neighbourhood, not only this pixel, is in doubt
         else:
             reason = "uncertain"
         pk.add(idx, score[idx], reason)
-    counts = {r: pk.reasons.count(r) for r in ("uncertain", "wall", "diverse")}
+    pk.farthest(pk.left, reason="explore")
+    counts = {r: pk.reasons.count(r) for r in ("uncertain", "uncertain region", "wall", "diverse", "explore")}
     msg = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "nothing left to label"
     msg += f"; minimum spacing {spacing:.1f} px" + (f" (relaxed to {s:.1f} px where crowded)" if relaxed else "")
     return pk.result("adaptive", msg, params)
+
+
+def pattern_features(X: np.ndarray, pool: int = 4) -> np.ndarray:
+    """Clustering features of preprocessed patterns: each pattern and its Friedel-antisymmetric parts, pooled.
+
+    Parameters
+    ----------
+    X : ndarray, shape (N, H, W)
+        Preprocessed (centred, scaled) patterns.
+    pool : int
+        Average-pooling factor.
+
+    Returns
+    -------
+    ndarray of float32, shape (N, 3 * (H // pool) * (W // pool))
+        The pooled pattern, ``x - mirror_lr(x)`` and ``x - mirror_ud(x)``: the
+        antisymmetric parts carry the polarization (broken Friedel symmetry),
+        which the pattern itself drowns in thickness contrast.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 3:
+        raise ValueError(f"patterns must have shape (N, H, W), found {X.shape}")
+    n, H, W = X.shape
+    h, w = H // pool * pool, W // pool * pool
+    if h == 0 or w == 0:
+        raise ValueError(f"patterns of {H} x {W} px are smaller than the pooling factor {pool}")
+    x = X[:, :h, :w]
+    parts = (x, x - x[:, :, ::-1], x - x[:, ::-1, :])
+    return np.concatenate(
+        [a.reshape(n, h // pool, pool, w // pool, pool).mean(axis=(2, 4)).reshape(n, -1) for a in parts], axis=1
+    )
+
+
+def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, pool: int = 4,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """:func:`pattern_features` of every pattern of a dataset, computed chunk by chunk.
+
+    Parameters
+    ----------
+    dataset : Dataset4D
+    preprocess : dict, optional
+        :class:`polmap.preprocess.PreprocessConfig` fields; default: the
+        compact network's preprocessing.
+    pool : int
+    progress : callable, optional
+        ``progress(rows_done, rows_total)`` after every chunk.
+
+    Returns
+    -------
+    ndarray of float32, shape (rows * cols, F)
+        Row-major over the scan, ready for ``suggest(..., features=...)``.
+    """
+    from polmap.model import default_preprocess
+    from polmap.preprocess import PreprocessConfig, Preprocessor
+
+    cfg = dict(default_preprocess("compact")) if preprocess is None else dict(preprocess)
+    pre = Preprocessor(PreprocessConfig(**cfg)).fit(dataset)
+    R, C = dataset.scan_shape
+    out: np.ndarray | None = None
+    for rows, x in pre.iter_transformed(dataset):
+        f = pattern_features(np.asarray(x).reshape(-1, *x.shape[-2:]), pool)
+        if out is None:
+            out = np.empty((R * C, f.shape[1]), dtype=np.float32)
+        out[rows.start * C : rows.stop * C] = f
+        if progress is not None:
+            progress(rows.stop, R)
+    assert out is not None
+    return out
 
 
 def _cluster_features(ctx: _Context, n_clusters: int, n_components: int, max_fit: int) -> tuple[np.ndarray, np.ndarray]:

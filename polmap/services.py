@@ -559,6 +559,23 @@ def virtual(ds: Dataset4D, progress: Callable[[int, int], None] | None = None) -
     return hit
 
 
+@st.cache_resource
+def _features_registry() -> "_Registry":
+    return _Registry(maxsize=8)
+
+
+def cold_start_features(ds: Dataset4D) -> np.ndarray:
+    """:func:`polmap.sampling.dataset_features` of a dataset (cold-start clustering), cached by fingerprint."""
+    from polmap.sampling import dataset_features
+
+    reg = _features_registry()
+    hit = reg.get(ds.fingerprint)
+    if hit is None:
+        hit = dataset_features(ds)
+        reg.put(ds.fingerprint, hit)
+    return hit
+
+
 def virtual_ready(ds: Dataset4D) -> bool:
     """Whether :func:`virtual` is already cached for this dataset."""
     return _virtual_registry().get(ds.fingerprint) is not None
@@ -786,37 +803,20 @@ def suggest(sess: Session, strategy: str, budget: int, seed: int = 0) -> None:
     probs = None
     if sess.prediction is not None:
         probs = np.asarray(sess.prediction.probabilities)
-    v = virtual(ds)
-    feats = np.stack(
-        [_z(v.bright_field), _z(v.annular_dark_field), _z(v.com_row), _z(v.com_col)], axis=-1
-    ).reshape(-1, 4)
     exclude = np.array(sess.skipped, dtype=np.int64).reshape(-1, 2) if sess.skipped else None
     kwargs: dict[str, Any] = dict(exclude=exclude, seed=int(seed))
-    if strategy in ("adaptive",):
+    if strategy == "adaptive":
         kwargs["probabilities"] = probs
-        kwargs["features"] = feats
-    elif strategy == "cold_start":
-        kwargs["features"] = feats
-    fn = getattr(sampling, "suggest_detailed", None)
-    if fn is not None:
-        res = fn(strategy, ds.scan_shape, pos, cls, int(budget), **kwargs)
-        sess.suggestions = np.asarray(res.positions, dtype=np.int64).reshape(-1, 2)
-        sess.suggestion_reasons = tuple(res.reasons)
-        sess.suggestion_message = str(getattr(res, "message", "") or "")
-    else:
-        sess.suggestions = np.asarray(sampling.suggest(strategy, ds.scan_shape, pos, cls, int(budget), **kwargs)).reshape(-1, 2)
-        sess.suggestion_reasons = ()
-        sess.suggestion_message = ""
+    if strategy == "cold_start" or (strategy == "adaptive" and probs is None):
+        kwargs["features"] = cold_start_features(ds)
+    res = sampling.suggest_detailed(strategy, ds.scan_shape, pos, cls, int(budget), **kwargs)
+    sess.suggestions = np.asarray(res.positions, dtype=np.int64).reshape(-1, 2)
+    sess.suggestion_reasons = tuple(res.reasons)
+    sess.suggestion_message = res.message
     sess.suggestion_index = 0
     if sess.workspace is not None:
         sess.workspace.log("suggested", strategy=strategy, budget=int(budget), n=int(len(sess.suggestions)))
         autosave(sess)
-
-
-def _z(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64)
-    s = a.std()
-    return (a - a.mean()) / (s if s > 0 else 1.0)
 
 
 def current_suggestion(sess: Session) -> tuple[int, int] | None:
@@ -987,9 +987,9 @@ def train(
     t0 = time.perf_counter()
     model = train_model(
         X, cls, sess.classes.names, cfg, class_colors=sess.classes.colors,
-        preprocess_state=pre.state_dict() if hasattr(pre, "state_dict") else None,
+        preprocess_state=pre.state_dict(),
         provenance={"dataset_fingerprint": ds.fingerprint, "label_hash": sess.labels.hash(), "cache_key": key},
-        progress=progress,
+        progress=progress, groups=sess.labels.groups(),
     )
     rep = getattr(model, "report", {}) or {}
     info = {

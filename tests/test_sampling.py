@@ -263,21 +263,59 @@ def test_adaptive_picks_the_wall_and_the_uncertain_blob_with_spacing():
     rr, cc = np.mgrid[:40, :40]
     blob = (rr - 10) ** 2 + (cc - 8) ** 2 <= 9
     probs[blob] = 0.5  # the model cannot decide here
-    s = suggest_detailed("adaptive", shape, [[20, 5]], [0], 6, probabilities=probs, min_spacing=6)
+    s = suggest_detailed("adaptive", shape, [[20, 5]], [0], 6, probabilities=probs, min_spacing=6, explore=0)
     on_wall = np.abs(s.positions[:, 1] - 29.5) <= 1
     in_blob = blob[s.positions[:, 0], s.positions[:, 1]]
     assert np.all(on_wall | in_blob) and on_wall.any() and in_blob.any()
-    assert set(s.reasons) <= {"wall", "uncertain"}
+    assert set(s.reasons) <= {"wall", "uncertain", "uncertain region"}
     assert set(np.array(s.reasons)[on_wall]) == {"wall"}
+    assert set(np.array(s.reasons)[in_blob]) <= {"uncertain", "uncertain region"}
     d = np.hypot(*(s.positions[:, None, :] - s.positions[None, :, :]).transpose(2, 0, 1))
     assert d[np.triu_indices(6, 1)].min() >= 6  # no clustering
-    assert np.all(s.scores > 0.5)
+    assert np.all(s.scores > 0.3)  # (uncertainty + wall + region) / 3: a sharp wall alone scores 1/3
+
+
+def test_adaptive_explores_where_a_confident_model_has_no_labels():
+    # A model sure of itself everywhere except one wall; the labels all sit on the right.
+    # A fifth of the picks go to the positions farthest from every label (left edge).
+    shape = (30, 60)
+    probs = _two_domain_probs(shape, wall_col=44.5, sharpness=50)
+    labelled = [[5, 50], [15, 40], [25, 55], [10, 35]]
+    s = suggest_detailed("adaptive", shape, labelled, [0, 0, 1, 0], 10, probabilities=probs)
+    assert s.reasons.count("explore") == 2 and s.params["explore"] == 0.2
+    exp = s.positions[np.array(s.reasons) == "explore"]
+    assert np.all(exp[:, 1] <= 12)  # the unlabelled far left
+    assert "2 explore" in s.message
+    off = suggest_detailed("adaptive", shape, labelled, [0, 0, 1, 0], 10, probabilities=probs, explore=0)
+    assert "explore" not in off.reasons
+    # One or two picks (the dashboard's one-at-a-time loop) never spend a pick on exploration.
+    assert "explore" not in suggest_detailed("adaptive", shape, labelled, [0, 0, 1, 0], 2, probabilities=probs).reasons
+    with pytest.raises(ValueError, match="explore must be a share"):
+        suggest_detailed("adaptive", shape, labelled, [0, 0, 1, 0], 3, probabilities=probs, explore=1.5)
+
+
+def test_adaptive_prefers_an_uncertain_region_to_an_equally_uncertain_line():
+    # Same peak uncertainty (0.5/0.5 between two classes) on a 1 px line and on a 9 x 9 square:
+    # the region term sends the first pick into the square, where a whole domain is in doubt.
+    shape = (40, 40)
+    probs = np.zeros(shape + (2,))
+    probs[..., 0] = 1.0
+    probs[:, 30] = 0.5
+    probs[5:14, 5:14] = 0.5
+    kw = dict(probabilities=probs, min_spacing=3, explore=0, w_wall=0.0)
+    s = suggest_detailed("adaptive", shape, [[35, 20]], [0], 1, **kw)
+    assert 5 <= s.positions[0, 0] < 14 and 5 <= s.positions[0, 1] < 14
+    assert s.reasons[0] == "uncertain region"
+    # Without it the two are a tie that the seed decides; the line, being 40 px long, wins some seeds.
+    picks = [suggest_detailed("adaptive", shape, [[35, 20]], [0], 1, w_region=0.0, seed=k, **kw).positions[0]
+             for k in range(12)]
+    assert any(p[1] == 30 for p in picks)
 
 
 def test_adaptive_relaxes_spacing_instead_of_failing():
     shape = (10, 10)
     probs = _two_domain_probs(shape, wall_col=4.5, sharpness=50)
-    s = suggest_detailed("adaptive", shape, None, None, 30, probabilities=probs, min_spacing=8)
+    s = suggest_detailed("adaptive", shape, None, None, 30, probabilities=probs, min_spacing=8, explore=0)
     assert len(s) == 30 and "relaxed" in s.message
     # Spacing first: two wall picks >= 8 px apart (no third fits), then relaxed
     # spacing with spaced-out coverage ("diverse"), and once crowded, the
