@@ -703,7 +703,7 @@ def pattern_features(X: np.ndarray, pool: int = 4) -> np.ndarray:
 
 
 def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, pool: int = 4,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                     progress: Callable[[int, int], None] | None = None, max_bytes: int | None = None) -> np.ndarray:
     """:func:`pattern_features` of every pattern of a dataset, computed chunk by chunk.
 
     Parameters
@@ -715,6 +715,8 @@ def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, poo
     pool : int
     progress : callable, optional
         ``progress(rows_done, rows_total)`` after every chunk.
+    max_bytes : int, optional
+        Memory for one chunk (default: the preprocessor's).
 
     Returns
     -------
@@ -728,7 +730,8 @@ def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, poo
     pre = Preprocessor(PreprocessConfig(**cfg)).fit(dataset)
     R, C = dataset.scan_shape
     out: np.ndarray | None = None
-    for rows, x in pre.iter_transformed(dataset):
+    chunks = pre.iter_transformed(dataset) if max_bytes is None else pre.iter_transformed(dataset, max_bytes)
+    for rows, x in chunks:
         f = pattern_features(np.asarray(x).reshape(-1, *x.shape[-2:]), pool)
         if out is None:
             out = np.empty((R * C, f.shape[1]), dtype=np.float32)

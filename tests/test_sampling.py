@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from polmap.sampling import (
     STRATEGIES,
     Suggestion,
+    dataset_features,
     default_step,
     grid_shape,
+    pattern_features,
     seed_grid,
     suggest,
     suggest_detailed,
@@ -369,3 +371,38 @@ def test_cold_start_accepts_a_virtual_image():
     s = suggest_detailed("cold_start", SHAPE, None, None, 4, virtual_image=img, n_clusters=2)
     assert len(s) == 4
     assert {int(img[tuple(p)]) for p in s.positions[:2]} == {0, 1}
+
+
+# ------------------------------------------------------------------- features
+def test_pattern_features_are_the_pooled_pattern_and_its_antisymmetric_parts():
+    x = np.zeros((2, 8, 8), np.float32)
+    x[0, :, :4] = 1.0  # left half bright: antisymmetric under a left-right mirror
+    x[1] = 1.0  # symmetric: no antisymmetric part at all
+    f = pattern_features(x, pool=4)
+    assert f.shape == (2, 3 * 2 * 2)
+    np.testing.assert_allclose(f[0, :4], [1, 0, 1, 0])  # pooled pattern
+    np.testing.assert_allclose(f[0, 4:8], [1, -1, 1, -1])  # x - mirror_lr(x)
+    np.testing.assert_allclose(f[0, 8:], 0)  # x - mirror_ud(x)
+    np.testing.assert_allclose(f[1, 4:], 0)
+    with pytest.raises(ValueError, match="smaller than the pooling factor"):
+        pattern_features(np.zeros((1, 2, 2)), pool=4)
+
+
+def test_dataset_features_chunked_equal_the_whole_scan_at_once():
+    from polmap.model import default_preprocess
+    from polmap.preprocess import PreprocessConfig, Preprocessor
+    from polmap.simulate import simulate_scan
+
+    from polmap.dataset import Dataset4D
+
+    ds = Dataset4D.from_array(simulate_scan("tiny").data)
+    R, C = ds.scan_shape
+    seen = []
+    row_bytes = C * int(np.prod(ds.detector_shape)) * ds.dtype.itemsize
+    f = dataset_features(ds, progress=lambda done, total: seen.append((done, total)), max_bytes=3 * row_bytes)
+    assert len(seen) > 1 and seen[-1] == (R, R)  # several chunks, all rows
+    pre = Preprocessor(PreprocessConfig(**default_preprocess("compact"))).fit(ds)
+    rr, cc = np.mgrid[:R, :C]
+    X = pre.transform_positions(ds, np.stack([rr.ravel(), cc.ravel()], 1))
+    assert f.shape[0] == R * C
+    np.testing.assert_allclose(f, pattern_features(X), rtol=1e-5, atol=1e-6)
