@@ -181,6 +181,28 @@ def test_train_from_workspace(tiny: dict, tmp_path: Path, capsys: pytest.Capture
     assert out.strip() == str(tmp_path / "m.pt")
 
 
+def test_train_keeps_a_painted_region_in_one_fold(tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The same 30 labels, but every label of the most frequent class painted as one region (one group):
+    # that class cannot be validated honestly, so it is not, and the checkpoint's report says so.
+    from polmap.train import TrainedModel
+
+    rows = list(csv.DictReader(open(tiny["labels"])))
+    top = max(set(r["class"] for r in rows), key=lambda k: sum(r["class"] == k for r in rows))
+    grouped = tmp_path / "grouped.csv"
+    with open(grouped, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row", "col", "class", "group"])
+        for i, r in enumerate(rows):
+            w.writerow([r["row"], r["col"], r["class"], 999 if r["class"] == top else i])
+    rc, out, err = run(["train", "--data", tiny["data"], "--labels", str(grouped), "--out", str(tmp_path / "g.pt"),
+                        *FAST], capsys)
+    assert rc == 0, err
+    rep = TrainedModel.load(tmp_path / "g.pt").report
+    n_top = sum(r["class"] == top for r in rows)
+    assert rep["n_validated"] == len(rows) - n_top
+    assert any("single place" in w and repr(top) in w for w in rep["warnings"])
+
+
 # ---------------------------------------------------------------------------------
 # errors: one line, exit code 2
 # ---------------------------------------------------------------------------------
