@@ -39,6 +39,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_virtual.py
 	$(BIN)/python benchmarks/bench_app.py
+	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_labels.py
 
 demo: $(STAMP)

@@ -23,9 +23,11 @@ Uncertainty maps
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -243,6 +245,59 @@ def predict_arrays(model: TrainedModel, X: Any, batch_size: int = 1024) -> dict[
     }
 
 
+class _Prefetch:
+    """Iterate ``it`` in a worker thread, at most ``slots`` items alive (being made, queued or in use).
+
+    While the network classifies one chunk, the next is read and preprocessed:
+    both mostly run outside the GIL (file reads, numpy/scipy, torch), so the
+    two stages overlap instead of taking turns.
+    """
+
+    def __init__(self, it: Iterator[Any], slots: int = 2) -> None:
+        self._q: queue.Queue = queue.Queue()
+        self._slots = threading.Semaphore(slots)
+        self._stop = threading.Event()
+        self._holding = False
+        self._t = threading.Thread(target=self._run, args=(it,), daemon=True, name="polmap-prefetch")
+        self._t.start()
+
+    def _run(self, it: Iterator[Any]) -> None:
+        try:
+            while True:
+                while not self._slots.acquire(timeout=0.05):
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    return
+                try:
+                    item = next(it)
+                except StopIteration:
+                    self._q.put(("end", None))
+                    return
+                self._q.put(("item", item))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._q.put(("error", exc))
+
+    def __iter__(self) -> "_Prefetch":
+        return self
+
+    def __next__(self) -> Any:
+        if self._holding:  # the caller is done with the previous item
+            self._slots.release()
+            self._holding = False
+        kind, value = self._q.get()
+        if kind == "error":
+            raise value
+        if kind == "end":
+            raise StopIteration
+        self._holding = True
+        return value
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=30)
+
+
 def predict_scan(
     model: TrainedModel,
     dataset: Dataset4D,
@@ -263,7 +318,8 @@ def predict_scan(
     preprocessor : Preprocessor
         Fitted, with the model's preprocessing configuration.
     max_bytes : int
-        Raw bytes per chunk read from the dataset.
+        Raw bytes per chunk read from the dataset; at most two chunks are in
+        memory (the next one is prepared while this one is classified).
     batch_size : int
         Patterns per network call.
     progress : callable, optional
@@ -296,9 +352,26 @@ def predict_scan(
         class_colors=None if model.class_colors is None else list(model.class_colors),
     )
     t0 = time.perf_counter()
+    it = _Prefetch(preprocessor.iter_transformed(dataset, max_bytes))
+    try:
+        _classify_chunks(it, model, pred, batch_size, progress, cancel, t0)
+    finally:
+        it.close()
+    return pred
+
+
+def _classify_chunks(
+    it: _Prefetch,
+    model: TrainedModel,
+    pred: Prediction,
+    batch_size: int,
+    progress: Callable[[dict[str, Any]], None] | None,
+    cancel: CancelLike,
+    t0: float,
+) -> None:
+    R, C, K = pred.probabilities.shape
     t_net = 0.0
     done = 0
-    it = preprocessor.iter_transformed(dataset, max_bytes)
     while True:
         if _is_cancelled(cancel):
             pred.rows_done = done
@@ -324,7 +397,6 @@ def predict_scan(
             )
     pred.rows_done = done
     pred.timing = _timing(t0, t_net, done * C, model)
-    return pred
 
 
 def _timing(t0: float, t_net: float, n: int, model: TrainedModel) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -241,3 +242,38 @@ def test_end_to_end_with_the_real_preprocessor(scan: np.ndarray) -> None:
     other = pre_mod.Preprocessor(pre_mod.PreprocessConfig(**{**default_preprocess("compact"), "output_size": SIZE, "scaling": "log"})).fit(ds)
     with pytest.raises(IncompatibleModelError, match="scaling"):
         predict_scan(model, ds, other)
+
+
+def test_prefetch_keeps_order_bounds_memory_and_raises_in_the_caller() -> None:
+    from polmap.predict import _Prefetch
+
+    alive = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def source(n: int, fail_at: int | None = None):
+        for i in range(n):
+            if i == fail_at:
+                raise OSError(f"read error at chunk {i}")
+            with lock:
+                alive["now"] += 1
+                alive["most"] = max(alive["most"], alive["now"])
+            yield i
+
+    it = _Prefetch(source(8))
+    got = []
+    for i in it:
+        time.sleep(0.01)  # the consumer is slower: the producer would run ahead if it could
+        got.append(i)
+        with lock:
+            alive["now"] -= 1  # done with this item
+    it.close()
+    assert got == list(range(8)) and alive["most"] <= 2
+    bad = _Prefetch(source(5, fail_at=3))
+    with pytest.raises(OSError, match="read error at chunk 3"):
+        list(bad)
+    bad.close()
+    # Closing early stops the worker instead of leaving it blocked.
+    early = _Prefetch(source(100))
+    next(early)
+    early.close()
+    assert not early._t.is_alive()
