@@ -794,7 +794,11 @@ def _cold_start(
     if ctx.features is None and ctx.virtual_image is None:
         raise ValueError("cold_start needs features (rows*cols, F) or a virtual_image (rows, cols)")
     if n_clusters is None:
-        n_clusters = max(2, min(8, ctx.budget // 3))
+        # One cluster per pick (as TypiClust, Hacohen et al. 2022): with fewer, large
+        # clusters swallow a small domain. On the demo scan (none = 4 % of it) the
+        # 10 first picks held all five classes in 8 of 10 seeds, against 3 of 10
+        # with budget // 3 clusters; 20 picks in 10 of 10.
+        n_clusters = max(2, min(ctx.budget, 50))
     for name, v in (("n_clusters", n_clusters), ("n_components", n_components), ("max_fit", max_fit)):
         if isinstance(v, bool) or int(v) != v or v < 1:
             raise ValueError(f"{name} must be a positive integer, found {v!r}")
