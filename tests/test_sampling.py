@@ -365,6 +365,24 @@ def test_cold_start_puts_unlabelled_clusters_first():
     assert regions[tuple(s.positions[0])] == 1  # the cluster nobody labelled yet
 
 
+def test_cold_start_finds_a_small_domain_with_one_cluster_per_pick():
+    # Four large regions and one small one (3 % of the scan), each with its own pattern
+    # statistics. With the default (one cluster per pick) the small one gets a representative.
+    shape = (40, 50)
+    rr, cc = np.mgrid[:40, :50]
+    regions = (rr >= 20).astype(int) * 2 + (cc >= 25).astype(int)
+    regions[(rr - 10) ** 2 + (cc - 10) ** 2 <= 16] = 4  # the small domain: 49 of 2,000 positions
+    rng = np.random.default_rng(1)
+    means = rng.normal(scale=3, size=(5, 8))
+    hits = 0
+    for seed in range(5):
+        feats = means[regions.ravel()] + rng.normal(scale=1.0, size=(regions.size, 8))
+        s = suggest_detailed("cold_start", shape, None, None, 8, features=feats, seed=seed)
+        assert s.params["n_clusters"] == 8
+        hits += int(4 in set(regions[s.positions[:, 0], s.positions[:, 1]]))
+    assert hits == 5
+
+
 def test_cold_start_accepts_a_virtual_image():
     img = np.zeros(SHAPE)
     img[:, 9:] = 1.0
