@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D
-from polmap.train import CancelLike, TrainedModel, _is_cancelled
+from polmap.train import _TRACE_MIN_PATTERNS, CancelLike, TrainedModel, _is_cancelled
 
 __all__ = [
     "IncompatibleModelError",
@@ -219,7 +219,7 @@ def check_compatible(
             )
 
 
-def predict_arrays(model: TrainedModel, X: Any, batch_size: int = 1024) -> dict[str, np.ndarray]:
+def predict_arrays(model: TrainedModel, X: Any, batch_size: int = 1024, traced: bool | None = None) -> dict[str, np.ndarray]:
     """Predict preprocessed patterns held in memory.
 
     Parameters
@@ -227,6 +227,8 @@ def predict_arrays(model: TrainedModel, X: Any, batch_size: int = 1024) -> dict[
     model : TrainedModel
     X : array, shape (N, H, W) or (N, 1, H, W)
     batch_size : int
+    traced : bool, optional
+        See :meth:`TrainedModel.member_probabilities`.
 
     Returns
     -------
@@ -234,7 +236,7 @@ def predict_arrays(model: TrainedModel, X: Any, batch_size: int = 1024) -> dict[
         ``probabilities`` (N, K), ``labels`` (N,) int16, ``entropy``,
         ``margin``, ``disagreement`` (N,) float32.
     """
-    members = model.member_probabilities(X, batch_size)
+    members = model.member_probabilities(X, batch_size, traced=traced)
     proba, ent, margin, dis = uncertainty_maps(members)
     return {
         "probabilities": proba,
@@ -370,6 +372,8 @@ def _classify_chunks(
     t0: float,
 ) -> None:
     R, C, K = pred.probabilities.shape
+    # Trace for the whole job, not per chunk: chunks are smaller than the threshold.
+    traced = R * C >= _TRACE_MIN_PATTERNS
     t_net = 0.0
     done = 0
     while True:
@@ -382,7 +386,7 @@ def _classify_chunks(
         except StopIteration:
             break
         t1 = time.perf_counter()
-        out = predict_arrays(model, X, batch_size)
+        out = predict_arrays(model, X, batch_size, traced=traced)
         t_net += time.perf_counter() - t1
         r = rows.stop - rows.start
         pred.probabilities[rows] = out["probabilities"].reshape(r, C, K)

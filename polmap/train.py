@@ -428,13 +428,17 @@ class TrainedModel:
             self._fast[key] = [optimize_for_inference(n, example) for n in self.nets]
         return self._fast[key]
 
-    def member_probabilities(self, X: Any, batch_size: int = 1024) -> np.ndarray:
+    def member_probabilities(self, X: Any, batch_size: int = 1024, traced: bool | None = None) -> np.ndarray:
         """Softmax probabilities of every member.
 
         Parameters
         ----------
         X : array, shape (N, H, W) or (N, 1, H, W)
         batch_size : int
+        traced : bool, optional
+            Use TorchScript-traced members (faster, traced once per model).
+            Default: when ``X`` holds at least 4,096 patterns; a caller that
+            feeds a large job in chunks (``predict_scan``) decides for all of them.
 
         Returns
         -------
@@ -446,7 +450,7 @@ class TrainedModel:
                 f"this model takes {self.input_size} x {self.input_size} patterns, found {x.shape[2]} x {x.shape[3]}; "
                 "preprocess with the model's preprocessing (TrainedModel.preprocess_state)"
             )
-        nets = self._fast_nets(traced=len(x) >= _TRACE_MIN_PATTERNS)
+        nets = self._fast_nets(traced=len(x) >= _TRACE_MIN_PATTERNS if traced is None else bool(traced))
         out = np.empty((len(nets), len(x), len(self.class_names)), dtype=np.float32)
         # Bound activation memory: 1024 patterns of 48 px, but 64 of the paper's 256 px.
         batch_size = max(1, min(int(batch_size), _MAX_BATCH_PIXELS // (x.shape[2] * x.shape[3])))

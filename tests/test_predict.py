@@ -277,3 +277,19 @@ def test_prefetch_keeps_order_bounds_memory_and_raises_in_the_caller() -> None:
     next(early)
     early.close()
     assert not early._t.is_alive()
+
+
+def test_a_large_scan_fed_in_small_chunks_uses_the_traced_members() -> None:
+    # 64 x 64 = 4,096 patterns, two rows per chunk: each chunk is far below the tracing
+    # threshold, the job is not, so predict_scan traces once for all chunks (~1.5x faster).
+    from polmap.train import _TRACE_MIN_PATTERNS
+
+    scan = np.random.default_rng(3).poisson(5.0, size=(64, 64, 40, 40)).astype(np.uint16)
+    assert scan.shape[0] * scan.shape[1] >= _TRACE_MIN_PATTERNS
+    ds = Dataset4D(scan, source="big")
+    model = make_model(2)
+    pred = predict_scan(model, ds, CropPreprocessor(), max_bytes=2 * 64 * 40 * 40 * 2)
+    assert set(model._fast) == {"traced"} and pred.rows_done == 64
+    small = make_model(2)
+    predict_scan(small, Dataset4D(scan[:8], source="small"), CropPreprocessor())
+    assert set(small._fast) == {"eager"}
