@@ -99,6 +99,8 @@ if sess.model is not None:
     m4.metric("Training time", f"{info.get('seconds', 0):.1f} s" if info.get("seconds") else "-")
     if info.get("validation"):
         st.caption(info["validation"])
+    for w in info.get("warnings", []):
+        st.warning(w[:1].upper() + w[1:] + ".")
     if sess.labels is not None and info.get("label_hash") and info["label_hash"] != sess.labels.hash():
         st.warning("The labels changed since this model was trained: press **Train** to update it.")
     hist = svc.model_history(sess.model)

@@ -1002,6 +1002,7 @@ def train(
         "device": rep.get("device", device_name()),
         "val_accuracy": rep.get("oof_accuracy"),
         "validation": rep.get("validation_note", ""),
+        "warnings": [str(w) for w in rep.get("warnings", [])],
         "preprocess": dict(sess.preprocess),
         "fingerprint": ds.fingerprint,
         "classes": sess.classes.names,

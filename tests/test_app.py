@@ -272,6 +272,22 @@ def test_training_with_one_class_is_a_clear_error(env: Path) -> None:
     assert any("No model yet" in i.value for i in at.info)
 
 
+def test_training_warnings_are_shown_on_the_train_page(env: Path) -> None:
+    # A class with a single label cannot be validated: the report says so, and so must the page.
+    at = _app()
+    sess = _sess(at)
+    _label_truth(sess, per_class=4)
+    one = sess.classes.names.index("-y")
+    rr, cc = np.nonzero(sess.dataset.ground_truth.label_map == one)
+    sess.labels.erase_region(sess.dataset.ground_truth.label_map == one)
+    sess.labels.add_points(np.array([[rr[0], cc[0]]]), one, source="click")
+    assert sess.labels.counts()["-y"] == 1
+    _train(at)
+    assert sess.model is not None
+    warns = " ".join(w.value for w in at.warning)
+    assert "Classes labelled in a single place" in warns and "'-y'" in warns
+
+
 def test_train_map_export_and_read_back(env: Path) -> None:
     from PIL import Image
 

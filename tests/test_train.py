@@ -18,6 +18,7 @@ from polmap.train import (
     TrainConfig,
     TrainedModel,
     TrainingCancelled,
+    gate_members,
     make_folds,
     resolve_device,
     train_model,
@@ -78,8 +79,10 @@ def toy() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def trained(toy: dict[str, np.ndarray]) -> TrainedModel:
+    # member_gate=None: 16 steps are too few for the member without antisymmetric channels
+    # (it fits 37 % of its labels and the gate would drop it); these tests need all three.
     return train_model(
-        toy["X"], toy["y"], SIGNED, fast_config(), class_colors=["#888888", "#ff0000", "#00ffff", "#80ff00", "#8000ff"],
+        toy["X"], toy["y"], SIGNED, fast_config(member_gate=None), class_colors=["#888888", "#ff0000", "#00ffff", "#80ff00", "#8000ff"],
         preprocess_state={"format": "polmap-preprocess", "config": {"scaling": "sqrt", "output_size": 32}},
         provenance={"dataset_fingerprint": "abc123"},
     )
@@ -215,7 +218,7 @@ def test_validation_folds_never_train_their_member(toy: dict[str, np.ndarray], m
     monkeypatch.setattr(train_mod, "_train_member", spy_member)
     monkeypatch.setattr(Augmenter, "augment", spy_aug)
     monkeypatch.setattr(train_mod, "_recalibrate_batchnorm", spy_bn)
-    m = train_model(X, y, SIGNED, fast_config(epochs=2, workers=1))
+    m = train_model(X, y, SIGNED, fast_config(epochs=2, workers=1, member_gate=None))
     assert sorted(held) == [0, 1, 2]
     for k in held:
         assert held[k] and not fed[k] & held[k]  # no validation pattern ever trained member k
@@ -235,7 +238,7 @@ def test_random_labels_give_chance_out_of_fold_accuracy(toy: dict[str, np.ndarra
 def test_few_labels_say_no_validation(toy: dict[str, np.ndarray]) -> None:
     X, y = toy["X"], toy["y"]
     pick = np.array([np.nonzero(y == k)[0][0] for k in range(5)] + [np.nonzero(y == 1)[0][1]])
-    m = train_model(X[pick], y[pick], SIGNED, fast_config(epochs=2, n_members=2))
+    m = train_model(X[pick], y[pick], SIGNED, fast_config(epochs=2, n_members=2, member_gate=None))
     assert m.report["validation"] == "none"
     assert "only 6 labels" in m.report["validation_note"]
     assert "fewer than two classes have labels in 2 or more places" in m.report["validation_note"]
@@ -325,6 +328,38 @@ def test_a_member_that_has_not_learned_is_never_stopped_early(toy: dict[str, np.
     for h in m.history:
         assert len(h) == 12 and not h[-1].get("stopped_early")
         assert h[-1]["loss"] > 0.75 * np.log(5)
+
+
+def test_gate_members_drops_only_members_far_below_the_best() -> None:
+    assert gate_members({0: 0.9, 1: 0.7, 2: 0.8}, 0.15) == {1}
+    assert gate_members({0: 0.9, 1: 0.76}, 0.15) == set()  # 0.14 below: kept
+    assert gate_members({0: 0.9, 1: 0.1}, None) == set()
+    assert gate_members({3: 0.2}, 0.0) == set()  # a lone member always stays
+    assert gate_members({0: 0.5, 1: 0.5}, 0.0) == set()
+
+
+def test_a_member_that_cannot_fit_its_labels_is_left_out(toy: dict[str, np.ndarray]) -> None:
+    # Member 1 has no capacity (2 channels, a 1-unit hidden layer under 90 % dropout):
+    # it fits far fewer of its own training labels than member 0 and must not vote.
+    crippled = {"hidden": 1, "dropout": 0.9, "channels": (2,)}
+    cfg = fast_config(member_variants=[{}, crippled])
+    m = train_model(toy["X"], toy["y"], SIGNED, cfg)
+    rep = m.report
+    assert m.n_members == 2 and [n.antisymmetric for n in m.nets] == [True, True]
+    (d,) = rep["dropped_members"]
+    assert d["member"] == 1 and d["options"] == crippled
+    assert d["fit_accuracy"] < d["best_fit_accuracy"] - 0.15
+    assert max(rep["member_fit_accuracy"]) == d["best_fit_accuracy"]
+    # Its fold is no longer validated: no kept member vouches for those labels.
+    assert rep["n_validated"] == 40 - d["fold_labels"] and d["fold_labels"] > 0
+    assert len(rep["member_val_accuracy"]) == 2
+    assert any("could not fit their own training labels" in w for w in rep["warnings"])
+    # Survives a checkpoint round trip as the 2-member ensemble it is.
+    assert TrainedModel.from_bytes(m.to_bytes()).n_members == 2
+    kept = train_model(toy["X"], toy["y"], SIGNED, fast_config(member_variants=[{}, crippled], member_gate=None))
+    assert kept.n_members == 3 and kept.report["dropped_members"] == [] and kept.report["n_validated"] == 40
+    with pytest.raises(ValueError, match="member_gate must be None or an accuracy gap"):
+        train_model(toy["X"], toy["y"], SIGNED, fast_config(member_gate=1.5))
 
 
 def test_no_augmentation_is_reported(toy: dict[str, np.ndarray]) -> None:
