@@ -265,7 +265,9 @@ def test_adaptive_picks_the_wall_and_the_uncertain_blob_with_spacing():
     rr, cc = np.mgrid[:40, :40]
     blob = (rr - 10) ** 2 + (cc - 8) ** 2 <= 9
     probs[blob] = 0.5  # the model cannot decide here
-    s = suggest_detailed("adaptive", shape, [[20, 5]], [0], 6, probabilities=probs, min_spacing=6, explore=0)
+    s = suggest_detailed(
+        "adaptive", shape, [[20, 5]], [0], 6, probabilities=probs, min_spacing=6, explore=0, max_wall_share=1
+    )
     on_wall = np.abs(s.positions[:, 1] - 29.5) <= 1
     in_blob = blob[s.positions[:, 0], s.positions[:, 1]]
     assert np.all(on_wall | in_blob) and on_wall.any() and in_blob.any()
@@ -320,7 +322,9 @@ def test_adaptive_prefers_an_uncertain_region_to_an_equally_uncertain_line():
 def test_adaptive_relaxes_spacing_instead_of_failing():
     shape = (10, 10)
     probs = _two_domain_probs(shape, wall_col=4.5, sharpness=50)
-    s = suggest_detailed("adaptive", shape, None, None, 30, probabilities=probs, min_spacing=8, explore=0)
+    s = suggest_detailed(
+        "adaptive", shape, None, None, 30, probabilities=probs, min_spacing=8, explore=0, max_wall_share=1
+    )
     assert len(s) == 30 and "relaxed" in s.message
     # Spacing first: two wall picks >= 8 px apart (no third fits), then relaxed
     # spacing with spaced-out coverage ("diverse"), and once crowded, the
@@ -330,6 +334,28 @@ def test_adaptive_relaxes_spacing_instead_of_failing():
     assert math.dist(first[0], first[1]) >= 8
     assert "diverse" in s.reasons
     assert set(s.reasons[-5:]) == {"wall"}
+
+
+def test_adaptive_caps_the_share_of_labels_on_walls():
+    # One sharp wall between two confident domains: only the wall is uncertain. Of all
+    # labels (4 old + 12 new) at most a quarter may sit on predicted walls (cols 19, 20).
+    shape = (40, 40)
+    probs = _two_domain_probs(shape, wall_col=19.5, sharpness=50)
+    labelled = [[5, 5], [35, 5], [5, 35], [35, 35]]
+    kw = dict(probabilities=probs, explore=0, min_spacing=4)
+    s = suggest_detailed("adaptive", shape, labelled, [0, 0, 1, 1], 12, **kw)
+    on_wall = np.isin(s.positions[:, 1], [19, 20])
+    assert on_wall.sum() == 4 and s.params["max_wall_share"] == 0.25
+    assert set(np.array(s.reasons)[on_wall]) == {"wall"} and not set(np.array(s.reasons)[~on_wall]) & {"wall"}
+    assert "walls hold 25% of all labels" in s.message
+    # Labels already on the wall count against the quota.
+    s2 = suggest_detailed("adaptive", shape, labelled + [[10, 19], [30, 20]], [0, 0, 1, 1, 0, 1], 12, **kw)
+    assert np.isin(s2.positions[:, 1], [19, 20]).sum() == 2
+    # Uncapped, the uncertain wall takes every pick that the spacing allows.
+    free = suggest_detailed("adaptive", shape, labelled, [0, 0, 1, 1], 12, max_wall_share=1, **kw)
+    assert np.isin(free.positions[:, 1], [19, 20]).sum() > 4 and "walls hold" not in free.message
+    with pytest.raises(ValueError, match="max_wall_share must be a share"):
+        suggest_detailed("adaptive", shape, labelled, [0, 0, 1, 1], 3, probabilities=probs, max_wall_share=-0.1)
 
 
 def test_adaptive_without_a_model_falls_back():
