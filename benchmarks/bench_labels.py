@@ -107,9 +107,12 @@ def summarise(all_results: dict[str, dict], commands: dict[str, str]) -> str:
         if "train_speed_ratio_vs_paper" in sp:
             row("training speed vs paper network at 50 labels", "(reported)",
                 f"{sp['train_speed_ratio_vs_paper']:.1f} x ({t50:.1f} s vs {sp['paper_train_s']:.1f} s)", None)
-        paper = res.get("baselines", {}).get("paper", {}).get("summary")
+        pb = res.get("baselines", {}).get("paper", {})
+        paper = pb.get("summary")
         if paper:
-            row("paper network, 50 adaptive labels, paper preprocessing", "(reported)",
+            pt = pb.get("train", {})
+            row(f"paper network, {pb['budget']} {pb['strategy']} labels, {pb.get('preprocess_name', 'paper')} "
+                f"preprocessing, {pt.get('epochs')} x {pt.get('samples_per_epoch')} presentations", "(reported)",
                 f"{_pct(paper['accuracy']['mean'])} (near walls {_pct(paper['accuracy_wall']['mean'])})", None)
         env = res.get("environment", {})
         lines += ["", f"Command: `{commands.get(preset, '')}`  ", f"Runtime {res['elapsed_s']:.0f} s; load average "
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", default="random,bisection,adaptive")
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--no-paper", action="store_true")
+    ap.add_argument("--paper-preprocess", default="paper", choices=["paper", "compact"],
+                    help="the paper network's preprocessing: as published (256 px) or polmap's (48 px)")
+    ap.add_argument("--paper-epochs", type=int, default=None, help="epochs of the paper network (default PAPER_TRAIN's)")
     ap.add_argument("--quick", action="store_true", help="tiny preset, 1 seed, budgets 10,20: a smoke test")
     args = ap.parse_args(argv)
 
@@ -143,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     for preset in presets:
         path = demo_path(preset=preset)
         paper_budget = None if args.no_paper or 50 not in budgets else 50
+        paper_train = {} if args.paper_epochs is None else {"epochs": args.paper_epochs}
         cfg = BenchmarkConfig(budgets=budgets, strategies=args.strategies.split(","), seeds=list(range(seeds)),
-                              paper_budget=paper_budget)
+                              paper_budget=paper_budget, paper_preprocess=args.paper_preprocess, paper_train=paper_train)
         cmd = (f"python benchmarks/bench_labels.py --presets {preset} --seeds {seeds} --budgets "
-               f"{','.join(map(str, budgets))} --strategies {args.strategies}" + (" --no-paper" if paper_budget is None else ""))
+               f"{','.join(map(str, budgets))} --strategies {args.strategies}" + (" --no-paper" if paper_budget is None else "")
+               + (f" --paper-preprocess {args.paper_preprocess}" if paper_budget and args.paper_preprocess != "paper" else "")
+               + (f" --paper-epochs {args.paper_epochs}" if paper_budget and args.paper_epochs else ""))
         # The same run through the CLI: polmap benchmark --data <demo_path(preset)> ...
         commands[preset] = cmd
         print(f"== {preset}: {path}", flush=True)

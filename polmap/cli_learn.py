@@ -247,6 +247,8 @@ def _train(args: argparse.Namespace) -> int:
                f"{len(cls)} labels ({counts}) in {train_s:.1f} s (+{prep_s:.1f} s preprocessing)")
     _say(args, "out-of-fold accuracy: " + (f"{100 * oof:.1f} %" if oof is not None else
                                             f"unknown ({rep.get('validation_note', 'no validation')})"))
+    for w in rep.get("warnings", []):
+        _say(args, f"warning: {w}")
     print(args.out)
     return 0
 
@@ -495,6 +497,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--paper-budget", str(args.paper_budget)]
     if args.paper_strategy != "adaptive":
         parts += ["--paper-strategy", args.paper_strategy]
+    if args.paper_preprocess != "paper":
+        parts += ["--paper-preprocess", args.paper_preprocess]
     for flag in ("no_paper", "no_baselines", "no_plot"):
         if getattr(args, flag):
             parts.append("--" + flag.replace("_", "-"))
@@ -530,6 +534,7 @@ def _benchmark(args: argparse.Namespace) -> int:
             paper_budget=None if (args.no_paper or args.no_baselines) else args.paper_budget,
             paper_strategy=args.paper_strategy,
             paper_train=_read_json_arg(args.paper_train, "--paper-train"),
+            paper_preprocess=args.paper_preprocess,
             end_to_end_speed=not args.no_baselines,
         )
         command = _command_line(args)
@@ -650,6 +655,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--paper-budget", type=int, default=50, help="budget at which the paper's network is trained (default 50)")
     p.add_argument("--paper-strategy", default="adaptive", help="whose labels the paper's network gets (default adaptive)")
     p.add_argument("--paper-train", action="append", metavar="KEY=VALUE", help="TrainConfig override for the paper network")
+    p.add_argument("--paper-preprocess", default="paper", choices=["paper", "compact"],
+                   help="the paper network's preprocessing: as published (default; 256 px, linear min-max) or "
+                        "polmap's (48 px, centred, sqrt), to tell the network from its preprocessing")
     p.add_argument("--no-paper", action="store_true", help="skip the paper's network")
     p.add_argument("--no-baselines", action="store_true", help="skip all baselines and the end-to-end timing")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")

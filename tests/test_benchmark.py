@@ -92,6 +92,8 @@ def test_config_validation() -> None:
         BenchmarkConfig(budgets=[10, 20], paper_budget=50).checked()
     with pytest.raises(ValueError, match="unknown model"):
         BenchmarkConfig(model="resnet", paper_budget=None).checked()
+    with pytest.raises(ValueError, match="paper_preprocess must be 'paper' or 'compact', found 'log'"):
+        BenchmarkConfig(budgets=[50], paper_preprocess="log").checked()
 
 
 # ---------------------------------------------------------------------------------
@@ -122,6 +124,19 @@ def small_paper_net(monkeypatch: pytest.MonkeyPatch) -> None:
         return d
 
     monkeypatch.setattr(pm, "default_preprocess", fake)
+
+
+def test_paper_network_on_polmap_preprocessing(tiny) -> None:
+    # The paper's network on polmap's 48 px patterns: its own row, and no speed ratio
+    # (a 48 px network is not the published 256 px one).
+    cfg = BenchmarkConfig(budgets=[12], strategies=["random"], seeds=[0], train=FAST_TRAIN, paper_budget=12,
+                          paper_strategy="random", paper_train=FAST_PAPER, paper_preprocess="compact", pca_knn=False)
+    res = bm.run_benchmark(tiny, tiny.ground_truth.label_map, cfg, class_names=tiny.ground_truth.class_names)
+    paper = res["baselines"]["paper"]
+    assert paper["preprocess_name"] == "compact" and paper["preprocess"]["output_size"] == 48
+    assert 0 <= paper["summary"]["accuracy"]["mean"] <= 1
+    assert "inference_speed_ratio_vs_paper" not in res["speed"] and "paper_patterns_per_s" not in res["speed"]
+    assert "paper ThreeLayerCnn (random labels, compact preprocessing)" in bm.markdown_table(res)
 
 
 def test_run_benchmark_tiny(tiny, tmp_path, small_paper_net) -> None:
