@@ -650,8 +650,7 @@ def _adaptive(
     }
     u_map = uncertainty_map(ctx.probabilities, uncertainty)
     u = u_map.ravel() * w_uncertainty
-    wall_map = wall_likelihood(ctx.probabilities).ravel()
-    w = wall_map * w_wall
+    w = wall_likelihood(ctx.probabilities).ravel() * w_wall
     from polmap.maps import domain_walls  # plotly-heavy module: imported when needed
 
     on_wall = domain_walls(ctx.probabilities).ravel()

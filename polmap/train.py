@@ -1015,6 +1015,7 @@ def train_model(
     def finish(done: list[int], cancelled: bool) -> TrainedModel:
         done = sorted(done)
         dropped = gate_members({m: fit_acc[m] for m in done}, config.member_gate)
+        best_fit = max((fit_acc[m] for m in done), default=math.nan)
         done = [m for m in done if m not in dropped]
         oof_kept = oof.copy()
         for m in dropped:
@@ -1028,7 +1029,7 @@ def train_model(
         report["member_fit_accuracy"] = [round(float(fit_acc[m]), 4) for m in done]
         report["dropped_members"] = [
             {"member": m, "options": member_opts[m], "fit_accuracy": round(float(fit_acc[m]), 4),
-             "best_fit_accuracy": round(float(max(fit_acc[k] for k in dropped | set(done))), 4),
+             "best_fit_accuracy": round(float(best_fit), 4),
              "fold_labels": 0 if jobs[m].val_idx is None else int(len(jobs[m].val_idx))}
             for m in sorted(dropped)
         ]
