@@ -3,28 +3,18 @@
 Symmetry operations
 -------------------
 The 8 symmetry operations of a square detector (identity, two mirrors, the
-180 degree rotation, two transposes, two 90 degree rotations) map a pattern of
-a crystal polarised along ``p`` onto the pattern of the mirrored/rotated
-crystal, polarised along ``M p``. Used with the matching relabelling they
-multiply scarce labels by up to 8. Each operation is a 2 x 2 matrix ``M``
-acting on ``(row, col)`` vectors about the pattern centre: a feature at offset
-``d`` from the centre moves to ``M d`` and a polarization ``(p_row, p_col)``
-becomes ``M p``. ``+x`` is towards increasing column, ``+y`` towards
-increasing row (down), angles count from ``+x`` towards ``+y``.
+180 degree rotation, two transposes, two 90 degree rotations) can map the
+pattern of one domain variant onto the pattern of another (or of itself).
+Used with the matching relabelling they multiply scarce labels by up to 8.
+Each operation is a 2 x 2 matrix ``M`` acting on ``(row, col)`` offsets from
+the pattern centre: a feature at offset ``d`` moves to ``M d``.
 
-This assumes the projected, non-polar structure has the symmetry of the
-square (as a [001] perovskite does); for a zone axis without it, train with
-``symmetry=False``.
-
-Class names understood by :func:`class_permutation`:
-
-- invariant under every operation: ``none``, ``na``, ``n/a``, ``nonpolar``,
-  ``non-polar``, ``unpolarized``, ``paraelectric``, ``mixed``, ``wall``,
-  ``background``, ``vacuum``, ``out-of-plane``, ``+z``, ``-z``;
-- signed directions: ``+x``, ``-x``, ``+y``, ``-y`` and angles with an explicit
-  sign or unit (``+45``, ``-90``, ``135deg``, ``30°``; a bare ``45`` is not
-  read as an angle, since class names like ``0``, ``1`` are often indices);
-- unsigned axes: ``horizontal`` (x axis), ``vertical`` (y axis).
+Which operation maps which class onto which is never read from class names:
+detectors are mounted mirrored or rotated, crystal axes need not lie along
+detector axes and users name classes as they like. The relabelling comes from
+a :class:`polmap.symmetry.SymmetryMap` found in the labelled data (or declared
+by the user and verified there); an operation is applied to a pattern of class
+``a`` only where the map holds an arrow ``a -> b`` for it.
 
 Intensity augmentations
 -----------------------
@@ -39,7 +29,6 @@ polar signal.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -53,9 +42,7 @@ __all__ = [
     "AugmentConfig",
     "Augmenter",
     "apply_op",
-    "class_geometry",
-    "class_permutation",
-    "usable_ops",
+    "compose_ops",
 ]
 
 #: The 8 symmetry operations of a square detector, by name.
@@ -82,140 +69,25 @@ OP_MATRICES: dict[str, np.ndarray] = {
     "rot270": np.array([[0, 1], [-1, 0]]),
 }
 
-_INVARIANT = {
-    "none", "na", "n/a", "nonpolar", "non-polar", "non polar", "unpolarized", "unpolarised",
-    "paraelectric", "mixed", "wall", "walls", "domain wall", "background", "vacuum",
-    "out-of-plane", "out of plane", "+z", "-z",
-}
-_SIGNED = {"+x": 0.0, "-x": 180.0, "+y": 90.0, "-y": 270.0}
-_AXES = {"horizontal": 0.0, "x axis": 0.0, "x-axis": 0.0, "vertical": 90.0, "y axis": 90.0, "y-axis": 90.0}
-_ANGLE_RE = re.compile(r"^(?:([+-])\s*(\d+(?:\.\d+)?)\s*(?:deg|°)?|(\d+(?:\.\d+)?)\s*(?:deg|°))$")
 
-
-def _norm_name(name: str) -> str:
-    return str(name).strip().lower().replace("\u2212", "-").replace("_", " ")
-
-
-def class_geometry(name: str) -> tuple[str, float] | None:
-    """How a class transforms under detector symmetry operations.
+def compose_ops(first: str, then: str) -> str:
+    """The operation equal to ``first`` followed by ``then``.
 
     Parameters
     ----------
-    name : str
-        A class name (see the module docstring for what is understood).
+    first, then : str
+        Names from :data:`SYMMETRY_OPS`.
 
     Returns
     -------
-    tuple or None
-        ``("invariant", 0.0)``, ``("vector", angle_deg)`` with the angle in
-        [0, 360), ``("axis", angle_deg)`` with the angle in [0, 180), or None
-        when the name is not understood.
+    str
+        ``apply_op(apply_op(x, first), then) == apply_op(x, compose_ops(first, then))``.
     """
-    n = _norm_name(name)
-    if n in _INVARIANT:
-        return ("invariant", 0.0)
-    if n in _SIGNED:
-        return ("vector", _SIGNED[n])
-    if n in _AXES:
-        return ("axis", _AXES[n])
-    m = _ANGLE_RE.match(n)
-    if m:
-        if m.group(2) is not None:
-            a = float(m.group(2)) * (-1.0 if m.group(1) == "-" else 1.0)
-        else:
-            a = float(m.group(3))
-        return ("vector", a % 360.0)
-    return None
-
-
-def _transform_angle(angle: float, op: str) -> float:
-    t = math.radians(angle)
-    v = OP_MATRICES[op] @ np.array([math.sin(t), math.cos(t)])  # (row, col)
-    return math.degrees(math.atan2(v[0], v[1])) % 360.0
-
-
-def _same_angle(a: float, b: float, period: float) -> bool:
-    d = (a - b) % period
-    return min(d, period - d) < 1e-6
-
-
-def class_permutation(class_names: Sequence[str], op: str) -> list[int] | None:
-    """The relabelling that goes with a symmetry operation.
-
-    Parameters
-    ----------
-    class_names : sequence of str
-        The class set, e.g. ``["none", "+x", "-x", "+y", "-y"]`` or
-        ``["na", "vertical", "horizontal"]``.
-    op : str
-        One of :data:`SYMMETRY_OPS`.
-
-    Returns
-    -------
-    list of int or None
-        ``perm`` such that a pattern of class ``k`` becomes, after ``op``, a
-        pattern of class ``perm[k]``. None when a class is not understood or
-        its image under ``op`` is not in the set (the op must then not be used,
-        except ``"identity"``, which always returns the identity).
-
-    Raises
-    ------
-    ValueError
-        Unknown operation name.
-    """
-    if op not in OP_MATRICES:
-        raise ValueError(f"unknown symmetry operation {op!r}; choose one of {list(SYMMETRY_OPS)}")
-    names = list(class_names)
-    if op == "identity":
-        return list(range(len(names)))
-    geoms = [class_geometry(n) for n in names]
-    if any(g is None for g in geoms):
-        return None
-    perm: list[int] = []
-    for k, (kind, angle) in enumerate(geoms):  # type: ignore[misc]
-        if kind == "invariant":
-            perm.append(k)
-            continue
-        period = 360.0 if kind == "vector" else 180.0
-        target = _transform_angle(angle, op) % period
-        hits = [j for j, g in enumerate(geoms) if g[0] == kind and _same_angle(g[1], target, period)]  # type: ignore[index]
-        if not hits:
-            return None
-        perm.append(hits[0])
-    return perm
-
-
-def usable_ops(class_names: Sequence[str], ops: Sequence[str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """Which symmetry operations can be used for a class set.
-
-    Parameters
-    ----------
-    class_names : sequence of str
-    ops : sequence of str, optional
-        Candidates; all of :data:`SYMMETRY_OPS` by default.
-
-    Returns
-    -------
-    used : list of str
-        Operations with a valid relabelling (always includes ``"identity"``).
-    skipped : dict
-        Operation -> reason it was not used.
-    """
-    used: list[str] = []
-    skipped: dict[str, str] = {}
-    unknown = [n for n in class_names if class_geometry(n) is None]
-    for op in ops if ops is not None else SYMMETRY_OPS:
-        perm = class_permutation(class_names, op)
-        if perm is not None:
-            used.append(op)
-        elif unknown:
-            skipped[op] = f"classes not understood: {unknown}"
-        else:
-            skipped[op] = "maps a class to one that is not in the class set"
-    if "identity" not in used:
-        used.insert(0, "identity")
-    return used, skipped
-
+    m = OP_MATRICES[then] @ OP_MATRICES[first]
+    for name, mat in OP_MATRICES.items():
+        if np.array_equal(mat, m):
+            return name
+    raise AssertionError("the square's operations form a group")  # pragma: no cover
 
 def apply_op(images: Any, op: str) -> Any:
     """Apply a symmetry operation to the last two axes.
@@ -265,7 +137,9 @@ class AugmentConfig:
     Parameters
     ----------
     symmetry : bool
-        Random detector symmetry operations with relabelling.
+        Random detector symmetry operations with relabelling, where the
+        symmetry map given to :class:`Augmenter` holds an arrow for the
+        pattern's class (none without a map).
     dose : bool
         Re-sample counting noise at a lower random dose (probability ``dose_p``).
     dose_range : tuple of float
@@ -332,31 +206,53 @@ class Augmenter:
 
     Parameters
     ----------
-    class_names : sequence of str
+    n_classes : int
+        Number of classes (labels are indices ``0 .. n_classes - 1``).
     config : AugmentConfig, optional
     scaling : str
         Intensity scaling the patterns went through (``"none"``, ``"sqrt"``,
         ``"log"``), so counting noise is added in linear intensity.
+    arrows : dict, optional
+        Symmetry operation -> image class of every class (``None``: the
+        operation is not applied to patterns of that class), e.g.
+        :attr:`polmap.symmetry.SymmetryMap.arrows`. Without it, or with
+        ``config.symmetry`` off, no symmetry operation is applied.
 
     Attributes
     ----------
     ops : list of str
-        Symmetry operations in use (``["identity"]`` when none apply).
-    skipped_ops : dict
-        Operations not used, with the reason.
+        Operations in use, ``"identity"`` first.
     """
 
-    def __init__(self, class_names: Sequence[str], config: AugmentConfig | None = None, scaling: str = "sqrt") -> None:
+    def __init__(
+        self,
+        n_classes: int,
+        config: AugmentConfig | None = None,
+        scaling: str = "sqrt",
+        arrows: dict[str, Sequence[int | None]] | None = None,
+    ) -> None:
         self.config = config or AugmentConfig()
         if scaling not in _SCALINGS:
             raise ValueError(f"unknown scaling {scaling!r}; choose one of {_SCALINGS}")
         self.scaling = scaling
-        self.class_names = list(class_names)
-        if self.config.symmetry:
-            self.ops, self.skipped_ops = usable_ops(self.class_names)
-        else:
-            self.ops, self.skipped_ops = ["identity"], {op: "symmetry augmentation off" for op in SYMMETRY_OPS[1:]}
-        self._perms = {op: torch.tensor(class_permutation(self.class_names, op)) for op in self.ops}
+        self.n_classes = int(n_classes)
+        self.ops = ["identity"]
+        table = [list(range(self.n_classes))]
+        for op, images in (arrows or {}).items() if self.config.symmetry else ():
+            if op not in OP_MATRICES:
+                raise ValueError(f"unknown symmetry operation {op!r}; choose one of {list(SYMMETRY_OPS)}")
+            images = list(images)
+            if len(images) != self.n_classes:
+                raise ValueError(f"arrows[{op!r}] has {len(images)} entries for {self.n_classes} classes")
+            bad = [b for b in images if b is not None and not 0 <= int(b) < self.n_classes]
+            if bad:
+                raise ValueError(f"arrows[{op!r}] names classes {bad} outside 0..{self.n_classes - 1}")
+            if op == "identity" or all(b is None for b in images):
+                continue
+            self.ops.append(op)
+            table.append([-1 if b is None else int(b) for b in images])
+        # image[o, k]: class of a class-k pattern after ops[o]; -1 where not used
+        self._image = torch.tensor(table, dtype=torch.int64)
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe description for the training report."""
@@ -364,21 +260,40 @@ class Augmenter:
             "config": self.config.to_dict(),
             "scaling": self.scaling,
             "symmetry_ops_used": list(self.ops),
-            "symmetry_ops_skipped": dict(self.skipped_ops),
         }
+
+    def views(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every usable symmetry view of the patterns ``x`` of classes ``y``, with its class.
+
+        Returns
+        -------
+        views : Tensor, shape (V, 1, H, W)
+            ``x`` first, then each operation's views of the classes it has an arrow for.
+        classes : Tensor of int64, shape (V,)
+        """
+        xs, ys = [x], [y]
+        for o, op in enumerate(self.ops[1:], start=1):
+            img = self._image[o][y]
+            sel = img >= 0
+            if sel.any():
+                xs.append(apply_op(x[sel], op))
+                ys.append(img[sel])
+        return torch.cat(xs), torch.cat(ys)
 
     # -- pieces -----------------------------------------------------------------
     def _symmetry(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if len(self.ops) == 1:
             return x, y
-        choice = torch.randint(len(self.ops), (x.shape[0],), generator=g)
+        # uniform over the operations that have an arrow for each pattern's class
+        usable = (self._image[:, y] >= 0).T.to(torch.float64)  # (B, n_ops)
+        choice = torch.multinomial(usable, 1, generator=g).view(-1)
         x_out = torch.empty_like(x)
         y_out = torch.empty_like(y)
         for i, op in enumerate(self.ops):
             sel = choice == i
             if sel.any():
                 x_out[sel] = apply_op(x[sel], op)
-                y_out[sel] = self._perms[op][y[sel]]
+                y_out[sel] = self._image[i][y[sel]]
         return x_out, y_out
 
     def _to_linear(self, x: torch.Tensor) -> torch.Tensor:
@@ -485,7 +400,7 @@ class Augmenter:
         target : Tensor, float32, shape (B, K)
             Class probabilities to train against (rows sum to 1).
         """
-        k = len(self.class_names)
+        k = self.n_classes
         x, y = self._symmetry(x, y, generator)
         target = torch.nn.functional.one_hot(y, k).float() * (1 - label_smoothing) + label_smoothing / k
         if self.config.mix and self.config.mix_p > 0:

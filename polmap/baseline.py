@@ -5,10 +5,10 @@ Two baselines:
 * **Virtual-detector rule** -- the centre of mass (COM, the DPC-like signal) and the
   Friedel-pair asymmetry ``(I(+g) - I(-g)) / (I(+g) + I(-g))`` of the first-order
   disks along the detector rows and columns, measured around each pattern's
-  bright-field disk. A rule maps the vector to a class: its direction gives the
-  nearest of +x, -x, +y, -y; a magnitude below a threshold gives ``none``. The rule's
-  sign and threshold are calibrated from labelled positions (what a user could do)
-  or from the full ground truth ("oracle": the best this rule can ever do).
+  bright-field disk. A rule maps the vector to the class with the nearest mean
+  vector; the means are learnt from labelled positions (what a user could do) or
+  from the full ground truth ("oracle": the best this rule can ever do). No class
+  name is read: any class set works.
 * **PCA + kNN** -- PCA(20) fitted on all preprocessed patterns, a 5-nearest-neighbour
   classifier on the labelled ones (scikit-learn).
 
@@ -32,7 +32,6 @@ __all__ = [
     "calibrate_rule",
     "com_map",
     "conventional_maps",
-    "evaluate_preset",
     "find_bad_pixels",
     "lattice_from_metadata",
     "mean_pattern",
@@ -42,8 +41,6 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
-SIGNED = ["none", "+x", "-x", "+y", "-y"]
-AXIS = ["na", "vertical", "horizontal"]
 
 
 # --------------------------------------------------------------------------------------
@@ -294,51 +291,50 @@ def conventional_maps(
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RuleParams:
-    """Sign and threshold of the vector-to-class rule.
+    """The vector-to-class rule: each class's mean vector, learnt from labelled positions.
 
-    ``sign`` multiplies the measured vector before its direction is read (the
-    relation between asymmetry and polarization has no fixed sign: it changes with
-    thickness); below ``threshold`` the class is ``none``/``na``.
+    A position takes the class whose mean COM or Friedel vector is nearest to
+    its own. Nothing is read from class names: which way a class's vector
+    points depends on the detector's mounting, the scan rotation and the
+    thickness (the asymmetry changes sign with it), so it is measured on the
+    labels. A non-polar class is simply the one whose vectors sit near zero.
+
+    Attributes
+    ----------
+    centroids : tuple
+        Per class, its mean vector ``(row, col)``, or None for a class
+        without labels (never predicted).
     """
 
-    sign: float = 1.0
-    threshold: float = 0.0
+    centroids: tuple[tuple[float, float] | None, ...] = ()
 
 
-def _class_kind(class_names: Sequence[str]) -> str:
-    names = list(class_names)
-    if names == SIGNED:
-        return "signed"
-    if names == AXIS:
-        return "axis"
-    raise ValueError(f"the rule knows the class sets {SIGNED} and {AXIS}, got {names}")
-
-
-def apply_rule(vectors: np.ndarray, params: RuleParams, class_names: Sequence[str]) -> np.ndarray:
-    """Classes from (..., 2) vectors (row, col): direction -> nearest class, small -> none.
+def apply_rule(vectors: np.ndarray, params: RuleParams, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Classes from (..., 2) vectors (row, col): the class with the nearest mean vector.
 
     Parameters
     ----------
     vectors : ndarray, (..., 2)
         E.g. :attr:`ConventionalMaps.friedel` or ``.com``.
     params : RuleParams
-    class_names : list of str
-        ``["none", "+x", "-x", "+y", "-y"]`` or ``["na", "vertical", "horizontal"]``.
+        From :func:`calibrate_rule`.
+    class_names : list of str, optional
+        Only checked for length against the rule.
 
     Returns
     -------
     ndarray of int16, shape ``vectors.shape[:-1]``
     """
-    kind = _class_kind(class_names)
-    v = np.asarray(vectors, dtype=np.float64) * params.sign
-    vr, vc = v[..., 0], v[..., 1]
-    horizontal = np.abs(vc) >= np.abs(vr)
-    small = np.hypot(vr, vc) < params.threshold
-    if kind == "signed":
-        out = np.where(horizontal, np.where(vc >= 0, 1, 2), np.where(vr >= 0, 3, 4))
-    else:
-        out = np.where(horizontal, 2, 1)
-    return np.where(small, 0, out).astype(np.int16)
+    cents = params.centroids
+    if class_names is not None and len(cents) != len(class_names):
+        raise ValueError(f"the rule has {len(cents)} classes but {len(class_names)} class names were given")
+    known = [k for k, c in enumerate(cents) if c is not None]
+    if not known:
+        raise ValueError("the rule has no class with a mean vector: calibrate it on labelled positions first")
+    v = np.asarray(vectors, dtype=np.float64)
+    c = np.array([cents[k] for k in known], dtype=np.float64)  # (k, 2)
+    d = ((v[..., None, :] - c) ** 2).sum(-1)
+    return np.asarray(known, dtype=np.int16)[d.argmin(-1)]
 
 
 def rule_accuracy(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -356,9 +352,8 @@ def calibrate_rule(
     labels: np.ndarray,
     class_names: Sequence[str],
     positions: np.ndarray | None = None,
-    n_thresholds: int = 101,
 ) -> tuple[RuleParams, float]:
-    """Choose the rule's sign and threshold that fit the given labels best.
+    """Learn each class's mean vector from labelled positions.
 
     Parameters
     ----------
@@ -368,13 +363,11 @@ def calibrate_rule(
         of the (M, 2) ``positions``.
     class_names : list of str
     positions : ndarray, (M, 2), optional
-    n_thresholds : int
-        Thresholds tried: quantiles of the vector magnitude (and 0).
 
     Returns
     -------
     (RuleParams, float)
-        The parameters and their accuracy on the given labels.
+        The rule and its accuracy on the given labels.
     """
     v = np.asarray(vectors, dtype=np.float64)
     if positions is not None:
@@ -387,16 +380,11 @@ def calibrate_rule(
         v, y = v[y >= 0], y[y >= 0]
     if len(y) == 0:
         raise ValueError("calibrate_rule needs at least one labelled position")
-    mags = np.hypot(v[:, 0], v[:, 1])
-    cands = np.unique(np.concatenate([[0.0], np.quantile(mags, np.linspace(0, 1, n_thresholds))]))
-    best, best_acc = RuleParams(), -1.0
-    for sign in (1.0, -1.0):
-        for thr in cands:
-            p = RuleParams(sign, float(thr) * (1 + 1e-9))
-            acc = float((apply_rule(v, p, class_names) == y).mean())
-            if acc > best_acc:
-                best, best_acc = p, acc
-    return best, best_acc
+    cents = tuple(
+        (tuple(float(x) for x in v[y == k].mean(0)) if (y == k).any() else None) for k in range(len(class_names))
+    )
+    params = RuleParams(cents)  # type: ignore[arg-type]
+    return params, float((apply_rule(v, params) == y).mean())
 
 
 # --------------------------------------------------------------------------------------
@@ -502,67 +490,3 @@ def pca_knn(
     proba[:, knn.classes_] = proba_known
     label_map = np.argmax(proba, axis=1).reshape(R, C).astype(np.int16)
     return PcaKnnResult(label_map, proba.reshape(R, C, n_classes), pca.explained_variance_ratio_)
-
-
-# --------------------------------------------------------------------------------------
-# evaluation on simulated presets
-# --------------------------------------------------------------------------------------
-def evaluate_preset(preset: str = "demo", class_set: str = "signed", n_labels: Sequence[int] = (50, 200), seed: int = 0) -> dict[str, Any]:
-    """Accuracy of every baseline on a simulated preset against its ground truth.
-
-    Random labelled positions (``n_labels`` of them, drawn with ``seed``) calibrate the
-    rule and train the kNN; "oracle" calibrates the rule on the full ground truth.
-
-    Returns
-    -------
-    dict
-        ``{"friedel": {...}, "com": {...}, "pca_knn": {...}, "n_positions": ..., "walls": ...}``
-        with accuracies over all positions and over non-wall positions.
-    """
-    from polmap.simulate import get_preset, simulate_scan
-
-    scan = simulate_scan(get_preset(preset, class_set=class_set))
-    truth, names, walls = scan.label_map, scan.class_names, scan.wall_mask
-    g, r = lattice_from_metadata(scan.metadata)
-    maps = conventional_maps(scan.data, g, r)
-    R, C = truth.shape
-    res: dict[str, Any] = {"preset": preset, "class_set": class_set, "n_positions": R * C, "walls": int(walls.sum())}
-    for name, vec in (("friedel", maps.friedel), ("com", maps.com)):
-        params, acc = calibrate_rule(vec, truth, names)
-        pred = apply_rule(vec, params, names)
-        entry = {"oracle": acc, "oracle_no_walls": rule_accuracy(pred, truth, ~walls), "oracle_sign": params.sign}
-        for n in n_labels:
-            idx = np.random.default_rng(seed + n).choice(R * C, n, replace=False)
-            pos = np.stack([idx // C, idx % C], axis=1)
-            p_lab, _ = calibrate_rule(vec, truth[pos[:, 0], pos[:, 1]], names, positions=pos)
-            entry[f"labelled_{n}"] = rule_accuracy(apply_rule(vec, p_lab, names), truth)
-        res[name] = entry
-    knn: dict[str, float] = {}
-    for n in n_labels:
-        idx = np.random.default_rng(seed + n).choice(R * C, n, replace=False)
-        pos = np.stack([idx // C, idx % C], axis=1)
-        out = pca_knn(scan.data, pos, truth[pos[:, 0], pos[:, 1]], len(names), disk_radius_px=r, seed=seed)
-        knn[f"labelled_{n}"] = rule_accuracy(out.label_map, truth)
-        knn[f"labelled_{n}_no_walls"] = rule_accuracy(out.label_map, truth, ~walls)
-    res["pca_knn"] = knn
-    return res
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m polmap.baseline [--preset demo] [--class-set signed|axis]``: print accuracies."""
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(prog="python -m polmap.baseline", description=main.__doc__)
-    ap.add_argument("--preset", default="demo")
-    ap.add_argument("--class-set", default="signed", choices=["signed", "axis"])
-    ap.add_argument("--labels", type=int, nargs="+", default=[50, 200])
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    res = evaluate_preset(args.preset, args.class_set, args.labels, args.seed)
-    print(json.dumps(res, indent=1, default=float))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -208,6 +208,7 @@ _METRIC_TITLES = [
     ("accuracy_wall", "acc. near wall"),
     ("macro_f1", "macro-F1"),
     ("accuracy_unlabelled", "acc. unlabelled"),
+    ("linear_accuracy", "linear acc."),
     ("pca_knn_accuracy", "PCA-kNN acc."),
     ("train_s", "train s"),
     ("patterns_per_s", "inference patt./s"),
@@ -431,6 +432,10 @@ class BenchmarkConfig:
         labels, the pattern features found it in all 5.
     pca_knn : bool
         Also score a PCA + kNN classifier trained on every checkpoint's labels.
+    linear_baseline : bool
+        Also score the linear discriminant (scan-whitened, with the same
+        symmetry map) on every checkpoint's labels: the floor the default
+        model must reach.
     conventional : bool
         Score the conventional centre-of-mass / Friedel map (no labels).
     paper_budget : int or None
@@ -455,7 +460,7 @@ class BenchmarkConfig:
     budgets: Sequence[int] = (10, 20, 30, 50, 100)
     strategies: Sequence[str] = ("random", "bisection", "adaptive")
     seeds: Sequence[int] = (0, 1, 2, 3, 4)
-    model: str = "compact"
+    model: str = "auto"
     round_size: int = 10
     initial_size: int | None = None
     wall_distance: float = 2.0
@@ -463,6 +468,7 @@ class BenchmarkConfig:
     strategy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     cold_start_features: str = "patterns"
     pca_knn: bool = True
+    linear_baseline: bool = True
     conventional: bool = True
     paper_budget: int | None = 50
     paper_strategy: str = "adaptive"
@@ -610,9 +616,10 @@ def _fit_predict(
     seed: int,
     train_overrides: dict[str, Any],
     preprocess_state: dict[str, Any] | None,
+    scan: tuple[np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Train on the labelled rows of ``X_all`` and predict all of them -> probabilities (R, C, K), info."""
-    from polmap.train import train_model
+    from polmap.pipeline import train_on_patterns
 
     R, C = scan_shape
     K = len(class_names)
@@ -625,7 +632,7 @@ def _fit_predict(
     flat = pos[:, 0] * C + pos[:, 1]
     cfg = _train_config(model, seed, train_overrides)
     t0 = time.perf_counter()
-    tm = train_model(X_all[flat], cls, class_names, cfg, preprocess_state=preprocess_state)
+    tm = train_on_patterns(X_all[flat], cls, class_names, cfg, scan, preprocess_state=preprocess_state)
     t1 = time.perf_counter()
     proba = tm.predict_proba(X_all)
     t2 = time.perf_counter()
@@ -636,6 +643,10 @@ def _fit_predict(
         **_train_summary(tm),
         "oof_accuracy": tm.report.get("oof_accuracy"),
         "n_members": tm.n_members,
+        "families_kept": tm.report.get("families_kept"),
+        "family_oof_accuracy": tm.report.get("family_oof_accuracy"),
+        "symmetry_arrows": sum(b is not None for v in tm.report["symmetry"]["arrows"].values() for b in v),
+        "symmetry": tm.report["symmetry"],
         "single_class": False,
     }
     return proba.reshape(R, C, K), info
@@ -648,6 +659,22 @@ def _train_summary(tm: Any) -> dict[str, Any]:
         "epochs_run": [len(h) for h in hist],
         "final_loss": [round(float(h[-1]["loss"]), 4) if h else None for h in hist],
     }
+
+
+def _linear_map(
+    X_all: np.ndarray, pos: np.ndarray, cls: np.ndarray, class_names: list[str], scan_shape: tuple[int, int],
+    seed: int, symmetry: dict[str, Any], scan: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """The baseline: symmetry-augmented linear discriminant in the scan's whitened space, same labels and map."""
+    from polmap.symmetry import SymmetryMap
+    from polmap.train import train_model
+
+    R, C = scan_shape
+    if len(np.unique(cls)) < 2:
+        return np.full((R, C), int(cls[0]))
+    tm = train_model(X_all[pos[:, 0] * C + pos[:, 1]], cls, class_names, _train_config("linear", seed, {}),
+                     symmetry=SymmetryMap.from_dict(symmetry), scan_patterns=scan[0])
+    return tm.predict(X_all).reshape(R, C)
 
 
 def _pca_knn_map(X_flat: np.ndarray, pos: np.ndarray, cls: np.ndarray, scan_shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -679,6 +706,7 @@ def _run_strategy(
     preprocess_state: dict[str, Any] | None,
     progress: Progress | None,
     hooks: dict[str, Callable[..., Any]] | None = None,
+    scan: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     from polmap import sampling
 
@@ -723,7 +751,8 @@ def _run_strategy(
         more_rounds = n < target and strategy in _MODEL_STRATEGIES
         if not (at_checkpoint or more_rounds):
             continue
-        probs, info = _fit_predict(X_all, pos, cls, class_names, (R, C), cfg.model, seed, cfg.train, preprocess_state)
+        probs, info = _fit_predict(X_all, pos, cls, class_names, (R, C), cfg.model, seed, cfg.train, preprocess_state,
+                                   scan)
         if "on_train" in hooks:
             hooks["on_train"](strategy, seed, pos.copy(), cls.copy(), oracle)
         n_trainings += 0 if info["single_class"] else 1
@@ -731,8 +760,14 @@ def _run_strategy(
             pred = probs.argmax(axis=-1)
             row: dict[str, Any] = {"budget": int(n), "n_labels": int(n)}
             row.update(scorer(pred, pos))
-            row.update({k2: v for k2, v in info.items()})
+            row.update({k2: v for k2, v in info.items() if k2 != "symmetry"})
             row["n_classes_labelled"] = int(len(np.unique(cls)))
+            if cfg.linear_baseline and info.get("symmetry") is not None:
+                t0 = time.perf_counter()
+                lin = _linear_map(X_all, pos, cls, class_names, (R, C), seed, info["symmetry"], scan)
+                row.update({f"linear_{m}": v for m, v in scorer(lin, pos).items()})
+                row["linear_s"] = time.perf_counter() - t0
+            info.pop("symmetry", None)
             if cfg.pca_knn:
                 t0 = time.perf_counter()
                 pk = _pca_knn_map(X_flat, pos, cls, (R, C), seed)
@@ -762,6 +797,7 @@ def _run_strategy(
 _AGG_KEYS = (
     "accuracy", "accuracy_wall", "macro_f1", "accuracy_unlabelled", "train_s", "infer_s", "patterns_per_s",
     "pca_knn_accuracy", "pca_knn_accuracy_wall", "pca_knn_macro_f1", "n_classes_labelled",
+    "linear_accuracy", "linear_accuracy_wall", "linear_macro_f1",
 )
 
 
@@ -831,27 +867,30 @@ def _conventional(
     """The COM / Friedel virtual-detector rule, calibrated on the full truth (its best case) and on labels."""
     from polmap import baseline
 
-    try:
-        baseline._class_kind(class_names)
-    except ValueError as exc:
-        return {"error": str(exc)}
     g_px, radius = cfg.conventional_g_px, cfg.conventional_disk_radius_px
     if g_px is None or radius is None:
         try:
             g_px, radius = baseline.lattice_from_metadata(dataset.metadata)
         except (KeyError, TypeError, ValueError):
-            return {"error": "disk spacing unknown (no simulation metadata); the conventional rule needs it"}
+            g_px = radius = None
     t0 = time.perf_counter()
-    maps = baseline.conventional_maps(dataset, g_px, radius)
+    vectors: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
+    if g_px is not None:
+        maps = baseline.conventional_maps(dataset, g_px, radius)
+        vectors = {"friedel": maps.friedel, "com": maps.com}
+    else:
+        # Without the disk spacing the Friedel apertures cannot be placed; the COM needs none.
+        com = baseline.com_map(dataset)
+        vectors = {"com": com - com.reshape(-1, 2).mean(0)}
+        out["note"] = "disk spacing unknown (no lattice in the metadata; give it with conventional_g_px): COM only"
     t_maps = time.perf_counter() - t0
     truth = scorer.truth
-    out: dict[str, Any] = {"maps_s": t_maps, "patterns_per_s": truth.size / max(t_maps, 1e-9)}
-    for kind in ("friedel", "com"):
-        vec = getattr(maps, kind)
+    out.update({"maps_s": t_maps, "patterns_per_s": truth.size / max(t_maps, 1e-9)})
+    for kind, vec in vectors.items():
         params, _ = baseline.calibrate_rule(vec, truth, class_names)
-        pred = baseline.apply_rule(vec, params, class_names)
-        s = scorer(pred)
-        s["params"] = {"sign": params.sign, "threshold": params.threshold}
+        s = scorer(baseline.apply_rule(vec, params, class_names))
+        s["params"] = {"centroids": [list(c) if c is not None else None for c in params.centroids]}
         out[f"{kind}_oracle"] = s
         if label_sets:
             accs = []
@@ -859,8 +898,8 @@ def _conventional(
                 p, _ = baseline.calibrate_rule(vec, cls, class_names, positions=pos)
                 accs.append(scorer(baseline.apply_rule(vec, p, class_names)))
             out[f"{kind}_labels"] = {m: _mean_std([a[m] for a in accs]) for m in ("accuracy", "accuracy_wall", "macro_f1")}
-    # Headline: the better of the two vectors with the oracle calibration (the most generous reading).
-    best = max(("friedel_oracle", "com_oracle"), key=lambda k: out[k]["accuracy"])
+    # Headline: the better vector with the oracle calibration (the most generous reading).
+    best = max((f"{k}_oracle" for k in vectors), key=lambda k: out[k]["accuracy"])
     out.update({k: out[best][k] for k in ("accuracy", "accuracy_wall", "macro_f1")})
     out["best"] = best
     return out
@@ -998,6 +1037,7 @@ def run_benchmark(
     _progress(progress, f"dataset {dataset.name}: scan {R} x {C}, {n_known} known positions, classes {names}")
 
     # Preprocess the whole scan once (the network inputs), and the cold-start features.
+    from polmap.pipeline import scan_sample, train_on_patterns
     from polmap.sampling import pattern_features
 
     t0 = time.perf_counter()
@@ -1007,6 +1047,7 @@ def run_benchmark(
     X_all = _transform_all(pre, dataset)
     transform_s = time.perf_counter() - t0
     pstate = pre.state_dict()
+    scan = scan_sample(dataset, pre, patterns=X_all)
     features = None
     if any(s in _FEATURE_STRATEGIES for s in cfg.strategies):
         features = _virtual_features(dataset) if cfg.cold_start_features == "virtual" else pattern_features(X_all)
@@ -1015,7 +1056,7 @@ def run_benchmark(
     strategies: dict[str, Any] = {}
     for strategy in cfg.strategies:
         runs = [
-            _run_strategy(strategy, seed, cfg, label_map, X_all, features, names, pstate, progress, _hooks)
+            _run_strategy(strategy, seed, cfg, label_map, X_all, features, names, pstate, progress, _hooks, scan)
             for seed in cfg.seeds
         ]
         strategies[strategy] = {"budgets": _aggregate(runs), "runs": runs}
@@ -1040,13 +1081,11 @@ def run_benchmark(
             baselines["conventional"] = {"error": f"{type(exc).__name__}: {exc}"}
     speed: dict[str, Any] = {}
     if cfg.end_to_end_speed:
-        from polmap.train import train_model
-
         sets = labels_at(ref_strategy, ref_budget)
         seed, pos, cls = sets[0]
         if len(np.unique(cls)) >= 2:
-            tm = train_model(X_all[pos[:, 0] * C + pos[:, 1]], cls, names,
-                             _train_config(cfg.model, seed, cfg.train), preprocess_state=pstate)
+            tm = train_on_patterns(X_all[pos[:, 0] * C + pos[:, 1]], cls, names,
+                                   _train_config(cfg.model, seed, cfg.train), scan, preprocess_state=pstate)
             _, e2e, timing = _predict_scan_timed(tm, dataset, pre)
             speed[f"{cfg.model}_end_to_end_patterns_per_s"] = R * C / max(e2e, 1e-9)
             speed[f"{cfg.model}_end_to_end_preprocess_s"] = timing.get("preprocess_seconds")

@@ -187,8 +187,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from polmap.model import MODELS, default_preprocess
+    from polmap.pipeline import train_on_dataset
     from polmap.preprocess import PreprocessConfig, Preprocessor
-    from polmap.train import TrainConfig, train_model
+    from polmap.symmetry import parse_directions
+    from polmap.train import TrainConfig
 
     if args.model not in MODELS:
         raise ValueError(f"unknown model {args.model!r}; choose one of {sorted(MODELS)}")
@@ -207,8 +209,8 @@ def _train(args: argparse.Namespace) -> int:
         pre_cfg = dict(default_preprocess(args.model))
         pre_cfg.update(_read_json_arg(args.preprocess, "--preprocess"))
         pre = Preprocessor(PreprocessConfig(**pre_cfg)).fit(ds)
-        X = pre.transform_positions(ds, pos)
         prep_s = time.perf_counter() - t0
+        directions = parse_directions(args.directions, store.classes.names)
         overrides = _read_json_arg(args.train, "--train")
         base = TrainConfig().to_dict()
         for k in ("epochs", "seed"):
@@ -228,9 +230,8 @@ def _train(args: argparse.Namespace) -> int:
                       f"loss {rec['loss']:.3f}" + (f" val_acc {va:.3f}" if va is not None else ""), file=sys.stderr)
 
         t0 = time.perf_counter()
-        tm = train_model(
-            X, cls, store.classes.names, cfg, class_colors=store.classes.colors,
-            preprocess_state=pre.state_dict(),
+        tm = train_on_dataset(
+            ds, pre, pos, cls, store.classes.names, cfg, directions=directions, class_colors=store.classes.colors,
             provenance={
                 "dataset_fingerprint": ds.fingerprint, "dataset_source": ds.source,
                 "dataset_path": ds.dataset_path, "label_hash": store.hash(),
@@ -247,10 +248,30 @@ def _train(args: argparse.Namespace) -> int:
                f"{len(cls)} labels ({counts}) in {train_s:.1f} s (+{prep_s:.1f} s preprocessing)")
     _say(args, "out-of-fold accuracy: " + (f"{100 * oof:.1f} %" if oof is not None else
                                             f"unknown ({rep.get('validation_note', 'no validation')})"))
+    if rep.get("family_note"):
+        _say(args, rep["family_note"])
+    _say_symmetry(args, rep.get("symmetry") or {})
     for w in rep.get("warnings", []):
         _say(args, f"warning: {w}")
+    verdict = rep.get("assessment") or {}
+    if verdict.get("level") in ("warning", "failure"):
+        _say(args, f"{'FAILURE' if verdict['level'] == 'failure' else 'warning'}: {verdict['headline']}")
+        for c in verdict.get("causes", []):
+            _say(args, f"  likely cause: {c}")
     print(args.out)
     return 0
+
+
+def _say_symmetry(args: argparse.Namespace, sym: dict[str, Any]) -> None:
+    """The symmetry map found, and why operations were left out."""
+    _say(args, f"symmetry: {sym.get('summary', 'none')}")
+    for line in sym.get("mapping", []):
+        _say(args, f"  {line}")
+    by_reason: dict[str, list[str]] = {}
+    for op, why in (sym.get("skipped") or {}).items():
+        by_reason.setdefault(why, []).append(op)
+    for why, ops in by_reason.items():
+        _say(args, f"  not used ({', '.join(ops)}): {why}")
 
 
 # ---------------------------------------------------------------------------------
@@ -569,7 +590,11 @@ def register(subparsers: Any) -> None:
                    help="labels: CSV with columns row,col,class (from the dashboard or polmap) or a workspace file")
     p.add_argument("--classes", default=None, metavar="A,B,C",
                    help="class names in order (default: the data's ground-truth classes, else the CSV's in order of appearance)")
-    p.add_argument("--model", default="compact", help="network: compact (default) or paper")
+    p.add_argument("--model", default="auto",
+                   help="auto (default: compact networks and linear discriminants, the better kept), compact, linear or paper")
+    p.add_argument("--directions", default=None, metavar="CLASS=ANGLE,...",
+                   help="declared class directions on the detector (degrees from +column towards +row, or "
+                        "'invariant'), e.g. 'up=270,down=90,c=invariant': a prior that the data must confirm")
     p.add_argument("--out", required=True, metavar="FILE", help="checkpoint to write (e.g. model.pt)")
     p.add_argument("--epochs", type=int, default=None, help="most epochs per member")
     p.add_argument("--members", type=int, default=None, help="ensemble size / cross-validation folds")
@@ -644,7 +669,8 @@ def register(subparsers: Any) -> None:
                    help=f"strategies (default random,bisection,adaptive; known: {','.join(strategies)})")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds 0..N-1 (default 5)")
     p.add_argument("--seed-list", type=_int_list, default=None, metavar="S,S,...", help="explicit seeds instead of --seeds")
-    p.add_argument("--model", default="compact", help="network under test: compact (default) or paper")
+    p.add_argument("--model", default="auto",
+                   help="model under test: auto (default), compact, linear or paper")
     p.add_argument("--round-size", type=int, default=10, help="labels per round between trainings (default 10)")
     p.add_argument("--initial-size", type=int, default=None, help="size of the cold-start batch (default: round size)")
     p.add_argument("--wall-distance", type=float, default=2.0, help="'near wall' distance in px (default 2)")

@@ -75,6 +75,10 @@ class GroundTruth:
         ``"#rrggbb"`` colours, one per class.
     wall_mask : ndarray of bool, shape (R, C), or None
         True at domain-wall positions.
+    class_directions : dict or None
+        Directions the file declares for its classes (name -> degrees on the
+        detector from +column towards +row, or ``"invariant"``); a prior that
+        training verifies, never a convention read from the names.
     """
 
     label_map: np.ndarray
@@ -82,6 +86,7 @@ class GroundTruth:
     class_colors: list[str] | None = None
     wall_mask: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    class_directions: dict[str, Any] | None = None
 
 
 def _native(dtype: np.dtype) -> np.dtype:

@@ -73,14 +73,21 @@ class ClassSet:
         Unique, non-empty class names.
     colors : sequence of str
         One ``"#rrggbb"`` colour per class (stored lower-case).
+    directions : dict, optional
+        Declared directions of some classes: name -> angle in degrees on the
+        detector (from increasing column towards increasing row) or
+        ``"invariant"``. A prior that training checks against the data
+        (:func:`polmap.symmetry.discover_symmetry`); never inferred from a name.
 
     Raises
     ------
     ValueError
-        On empty, duplicate or non-string names, a bad colour, or a length mismatch.
+        On empty, duplicate or non-string names, a bad colour, a length
+        mismatch or a direction for an unknown class.
     """
 
-    def __init__(self, names: Sequence[str], colors: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], colors: Sequence[str],
+                 directions: Mapping[str, float | str] | None = None) -> None:
         names = list(names)
         colors = list(colors)
         if not names:
@@ -100,6 +107,9 @@ class ClassSet:
                 raise ValueError(f"colour of class {n!r} must look like '#rrggbb', found {c!r}")
         self._names = tuple(clean)
         self._colors = tuple(c.lower() for c in colors)
+        from polmap.symmetry import parse_directions
+
+        self._directions = parse_directions(dict(directions or {}), clean)
 
     # -- presets --------------------------------------------------------------------
     @classmethod
@@ -134,17 +144,28 @@ class ClassSet:
         """``"#rrggbb"`` colours (a copy)."""
         return list(self._colors)
 
+    @property
+    def directions(self) -> dict[str, float | str]:
+        """Declared class directions (a copy; empty when none are declared)."""
+        return dict(self._directions)
+
+    def with_directions(self, directions: Mapping[str, float | str] | None) -> "ClassSet":
+        """A copy with these declared directions (None or empty: none declared)."""
+        return ClassSet(self._names, self._colors, directions)
+
     def __len__(self) -> int:
         return len(self._names)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ClassSet) and (self._names, self._colors) == (other._names, other._colors)
+        return isinstance(other, ClassSet) and (self._names, self._colors, self._directions) == (
+            other._names, other._colors, other._directions)
 
     def __hash__(self) -> int:
-        return hash((self._names, self._colors))
+        return hash((self._names, self._colors, tuple(sorted(self._directions.items()))))
 
     def __repr__(self) -> str:
-        return f"ClassSet({list(self._names)!r}, {list(self._colors)!r})"
+        extra = f", directions={self._directions!r}" if self._directions else ""
+        return f"ClassSet({list(self._names)!r}, {list(self._colors)!r}{extra})"
 
     def index(self, cls: str | int) -> int:
         """Index of a class given by name or index.
@@ -176,39 +197,44 @@ class ClassSet:
         i = self.index(old)
         names = list(self._names)
         names[i] = new
-        return ClassSet(names, self._colors)
+        dirs = {(new if k == self._names[i] else k): v for k, v in self._directions.items()}
+        return ClassSet(names, self._colors, dirs)
 
     def with_color(self, cls: str | int, color: str) -> "ClassSet":
         """A copy with one class recoloured."""
         i = self.index(cls)
         colors = list(self._colors)
         colors[i] = color
-        return ClassSet(self._names, colors)
+        return ClassSet(self._names, colors, self._directions)
 
     def with_class(self, name: str, color: str | None = None) -> "ClassSet":
         """A copy with a class appended; ``color=None`` picks an unused palette colour."""
         if color is None:
             used = set(self._colors)
             color = next((c for c in _PALETTE if c not in used), _PALETTE[len(self) % len(_PALETTE)])
-        return ClassSet([*self._names, name], [*self._colors, color])
+        return ClassSet([*self._names, name], [*self._colors, color], self._directions)
 
     def without(self, cls: str | int) -> "ClassSet":
         """A copy with one class removed (later classes move down one index)."""
         i = self.index(cls)
         if len(self) == 1:
             raise ValueError("cannot remove the last class of a class set")
-        return ClassSet(self._names[:i] + self._names[i + 1 :], self._colors[:i] + self._colors[i + 1 :])
+        dirs = {k: v for k, v in self._directions.items() if k != self._names[i]}
+        return ClassSet(self._names[:i] + self._names[i + 1 :], self._colors[:i] + self._colors[i + 1 :], dirs)
 
     # -- serialisation --------------------------------------------------------------
-    def to_dict(self) -> dict[str, list[str]]:
-        """JSON-safe dict ``{"names": [...], "colors": [...]}``."""
-        return {"names": list(self._names), "colors": list(self._colors)}
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict ``{"names": [...], "colors": [...]}`` (and ``"directions"`` when declared)."""
+        d: dict[str, Any] = {"names": list(self._names), "colors": list(self._colors)}
+        if self._directions:
+            d["directions"] = dict(self._directions)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ClassSet":
         """Build from :meth:`to_dict` output."""
         try:
-            return cls(d["names"], d["colors"])
+            return cls(d["names"], d["colors"], d.get("directions"))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"a class set needs 'names' and 'colors' lists, found {d!r}") from exc
 

@@ -41,6 +41,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 __all__ = [
     "MODELS",
     "CompactNet",
+    "LinearDiscriminant",
     "ModelSpec",
     "SeededDropout",
     "ThreeLayerCnn",
@@ -178,6 +179,48 @@ class CompactNet(nn.Module):
         return self.head(self.features(self.input_norm(x)))
 
 
+class LinearDiscriminant(nn.Module):
+    """A linear discriminant in a whitened principal-component space of the scan.
+
+    Fitted in closed form (:func:`polmap.linear.fit_discriminant`), not by
+    gradient descent; everything it needs is a buffer, so it is saved and
+    loaded like the networks.
+
+    Parameters
+    ----------
+    n_classes : int
+    input_size : int
+        Side of the square input pattern.
+    n_components : int
+        Dimension of the whitened space.
+    """
+
+    def __init__(self, n_classes: int, input_size: int = 48, n_components: int = 40) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got n_classes={n_classes}")
+        if n_components < 1:
+            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        self.input_size = int(input_size)
+        self.register_buffer("mean", torch.zeros(1, input_size, input_size))
+        self.register_buffer("basis", torch.zeros(n_components, input_size * input_size))
+        self.register_buffer("weight", torch.zeros(n_components, n_classes))
+        self.register_buffer("bias", torch.zeros(n_classes))
+
+    def set_parameters(self, mean: Any, basis: Any, weight: Any, bias: Any) -> None:
+        """Copy in a fitted space and discriminant (arrays of the buffers' shapes)."""
+        for name, value in (("mean", mean), ("basis", basis), ("weight", weight), ("bias", bias)):
+            buf = getattr(self, name)
+            t = torch.as_tensor(value, dtype=torch.float32).reshape(buf.shape)
+            buf.copy_(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, K)`` for patterns ``(N, 1, H, W)``."""
+        _check_input(x, self.input_size, "linear model")
+        z = (x[:, 0] - self.mean).reshape(len(x), -1) @ self.basis.T
+        return z @ self.weight + self.bias
+
+
 class ThreeLayerCnn(nn.Module):
     """The paper's ThreeLayerCnn (Hardy et al. 2025), reimplemented.
 
@@ -231,6 +274,10 @@ class ModelSpec:
         Architecture options cycled over the members of a trained ensemble
         (member ``m`` gets ``member_variants[m % len]``); ``({},)`` for a
         homogeneous ensemble.
+    families : tuple of str
+        For a composite: the registered models trained side by side, the
+        better by out-of-fold accuracy kept (both when they tie); empty for
+        a single architecture.
     """
 
     builder: Callable[..., nn.Module]
@@ -238,10 +285,21 @@ class ModelSpec:
     description: str
     preprocess: dict[str, Any]
     member_variants: tuple[dict[str, Any], ...] = ({},)
+    families: tuple[str, ...] = ()
 
 
 #: Registered architectures by name.
 MODELS: dict[str, ModelSpec] = {
+    "auto": ModelSpec(
+        builder=CompactNet,
+        default_input_size=48,
+        description="compact CNN ensemble and linear discriminant side by side; the better by out-of-fold "
+        "accuracy on your labels is kept (both when they tie)",
+        preprocess=dict(
+            bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=1, output_size=48
+        ),
+        families=("compact", "linear"),
+    ),
     "compact": ModelSpec(
         builder=CompactNet,
         default_input_size=48,
@@ -255,6 +313,15 @@ MODELS: dict[str, ModelSpec] = {
         # (where the Friedel asymmetry vanishes with thickness vs. elsewhere);
         # mixing them beat either kind alone on every preset tried.
         member_variants=({"antisymmetric": True}, {"antisymmetric": False}),
+    ),
+    "linear": ModelSpec(
+        builder=LinearDiscriminant,
+        default_input_size=48,
+        description="linear discriminant in a whitened principal-component space of the scan (closed form)",
+        preprocess=dict(
+            bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=3,
+            box_mode="mean", output_size=48,
+        ),
     ),
     "paper": ModelSpec(
         builder=ThreeLayerCnn,
@@ -314,8 +381,9 @@ def member_variants(name: str) -> list[dict[str, Any]]:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters of a network."""
-    return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
+    """Number of (trainable) parameters of a network; for a closed-form model, its fitted values."""
+    n = int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
+    return n or int(sum(b.numel() for b in model.buffers()))
 
 
 def default_preprocess(name: str = "compact") -> dict[str, Any]:

@@ -1605,9 +1605,8 @@ def _conventional_cached(fingerprint: str, g: float, radius: float, _ds: Dataset
 def conventional(sess: Session, signal: str, g_px: float, radius_px: float) -> dict[str, Any]:
     """The conventional map: ``signal`` ("friedel" or "com") as a colour-wheel image and as classes.
 
-    The vector-to-class rule (direction -> nearest class, small -> none) is
-    calibrated on the session's labels when there are any; it needs the
-    ``signed`` or ``axis`` class set.
+    The vector-to-class rule (the class with the nearest mean vector) is
+    learnt from the session's labels; any class set works, no name is read.
 
     Returns
     -------
@@ -1626,16 +1625,12 @@ def conventional(sess: Session, signal: str, g_px: float, radius_px: float) -> d
     out: dict[str, Any] = {"vectors": vec, "rgb": maps.direction_rgb(vec)}
     names = sess.classes.names
     pos, cls = sess.labels.positions_and_classes()
-    try:
-        if len(pos):
-            params, lab_acc = baseline.calibrate_rule(vec, cls, names, positions=pos)
-            out["label_accuracy"] = lab_acc
-        else:
-            params = baseline.RuleParams()
-        lm = baseline.apply_rule(vec, params, names)
-    except ValueError as exc:
-        out["note"] = f"No class map: {exc}"
+    if not len(pos):
+        out["note"] = "No class map yet: the rule learns each class's mean vector from your labels; label a few positions."
         return out
+    params, lab_acc = baseline.calibrate_rule(vec, cls, names, positions=pos)
+    out["label_accuracy"] = lab_acc
+    lm = baseline.apply_rule(vec, params, names)
     out["label_map"] = lm
     out["class_rgb"] = maps.label_rgb(lm, sess.classes.colors)
     gt = ds.ground_truth

@@ -54,7 +54,9 @@ __all__ = [
     "SimConfig",
     "SimulatedScan",
     "class_colors",
+    "class_directions",
     "demo_path",
+    "mounting_matrix",
     "get_preset",
     "load_library",
     "render_pattern",
@@ -110,6 +112,52 @@ def _direction_color(p_row: float, p_col: float) -> str:
 
 
 CLASS_SETS["signed"]["colors"] = [_direction_color(*POLARIZATION[c]) for c in CLASS_SETS["signed"]["names"]]
+# Names that carry no direction, in an order that follows none: the +x state is
+# "domain C", -x "domain E", and so on. polmap may not learn anything from them.
+CLASS_SETS["anonymous"] = {
+    "names": ["domain A", "domain B", "domain C", "domain D", "domain E"],
+    "colors": ["#e69f00", "#56b4e9", "#009e73", "#cc79a7", "#0072b2"],
+    "from_physical": {"none": 1, "+x": 2, "-x": 4, "+y": 0, "-y": 3},
+}
+
+
+def mounting_matrix(rotation_deg: float = 0.0, mirror: bool = False) -> np.ndarray:
+    """The (row, col) matrix of a camera rotated by ``rotation_deg`` (from +column towards +row),
+    mirrored first (columns reversed) when ``mirror``."""
+    t = np.radians(rotation_deg)
+    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    return rot @ (np.diag([1.0, -1.0]) if mirror else np.eye(2))
+
+
+def class_directions(class_set: str, mounting: np.ndarray | None = None) -> dict[str, float | str]:
+    """The directions a simulated class set has on the detector (a declared calibration of the file).
+
+    Parameters
+    ----------
+    class_set : str
+        A key of :data:`CLASS_SETS`.
+    mounting : ndarray (2, 2), optional
+        :func:`mounting_matrix` of the camera.
+
+    Returns
+    -------
+    dict
+        Class name -> angle in degrees from +column towards +row, or
+        ``"invariant"`` for the out-of-plane state; empty for unsigned (axis) classes.
+    """
+    cs = _class_set(class_set)
+    m = np.eye(2) if mounting is None else mounting
+    out: dict[str, float | str] = {}
+    for state, k in cs["from_physical"].items():
+        if sum(1 for v in cs["from_physical"].values() if v == k) > 1:
+            return {}  # several states share a class: an axis, not a direction
+        p = np.asarray(POLARIZATION[state])
+        if not p.any():
+            out[cs["names"][k]] = "invariant"
+        else:
+            v = m @ p
+            out[cs["names"][k]] = round(float(np.degrees(np.arctan2(v[0], v[1])) % 360.0), 6)
+    return out
 
 
 def class_colors(class_set: str) -> list[str]:
@@ -223,8 +271,14 @@ def _unfold(reduced: np.ndarray, tilt_idx: np.ndarray, ops: np.ndarray, n_half: 
     return (full / count).astype(np.float32)
 
 
-def _default_library_path() -> Path:
-    return Path(str(importlib.resources.files("polmap") / "data" / "pattern_library.npz"))
+#: Shipped pattern libraries by material (``tools/make_pattern_library.py --material``).
+LIBRARIES = {"PbTiO3": "pattern_library.npz", "BaTiO3": "pattern_library_batio3.npz"}
+
+
+def _default_library_path(material: str = "PbTiO3") -> Path:
+    if material not in LIBRARIES:
+        raise ValueError(f"unknown library material {material!r}; shipped: {sorted(LIBRARIES)}")
+    return Path(str(importlib.resources.files("polmap") / "data" / LIBRARIES[material]))
 
 
 @functools.lru_cache(maxsize=4)
@@ -254,20 +308,22 @@ def _load_library_cached(path: str) -> PatternLibrary:
     return PatternLibrary(tables, refl, tilt_axis, wavelength, digest, prov)
 
 
-def load_library(path: str | os.PathLike | None = None) -> PatternLibrary:
-    """Load (and cache) the CBED pattern library.
+def load_library(path: str | os.PathLike | None = None, *, material: str = "PbTiO3") -> PatternLibrary:
+    """Load (and cache) a CBED pattern library.
 
     Parameters
     ----------
     path : path-like, optional
-        An ``.npz`` written by ``tools/make_pattern_library.py``; default is the one
-        shipped in ``polmap/data``.
+        An ``.npz`` written by ``tools/make_pattern_library.py``; default is the
+        shipped library of ``material``.
+    material : str
+        A key of :data:`LIBRARIES` (``"PbTiO3"``, ``"BaTiO3"``).
 
     Returns
     -------
     PatternLibrary
     """
-    p = Path(path) if path is not None else _default_library_path()
+    p = Path(path) if path is not None else _default_library_path(material)
     if not p.exists():
         raise FileNotFoundError(f"pattern library not found: {p}")
     return _load_library_cached(str(p.resolve()))
@@ -297,10 +353,8 @@ def _check_detector(lib: PatternLibrary, det: _Detector, max_tilt: float) -> Non
         raise ValueError(f"detector_size must be >= 8, got {det.size}")
     if det.step <= 0:
         raise ValueError(f"reciprocal_step_mrad must be > 0, got {det.step}")
-    if not 0 < 2 * det.alpha < gmin:
-        raise ValueError(
-            f"convergence semi-angle {det.alpha} mrad makes disks overlap (need < {gmin / 2:.2f} mrad)"
-        )
+    if det.alpha <= 0:
+        raise ValueError(f"convergence semi-angle must be > 0 mrad, got {det.alpha}")
     half_field = det.size / 2 * det.step
     limit = (lib.max_index + 0.5) * gmin
     if half_field > limit:
@@ -335,7 +389,14 @@ def _render_group(
     ``out`` is (N, P) float32 with P = D*D; patterns are fractions of the incident
     flux per pixel; ``index`` must not repeat. ``op_inv`` (2, 2) maps detector-frame
     vectors into the library's crystal frame (the inverse of the state's symmetry
-    operation). Chunks run in a small thread pool; each writes its own rows.
+    operation and of the detector's mounting). Chunks run in a small thread pool;
+    each writes its own rows.
+
+    Where disks overlap (convergence above half the reflection spacing) a pixel
+    sums every disk that covers it: the position-averaged pattern, in which the
+    interference between overlapping disks averages out over the probe positions
+    of a unit cell (checked against a direct multislice PACBED in the library's
+    provenance).
     """
     q_pix = det.q.astype(np.float32)  # (P, 2)
     n_pix = q_pix.shape[0]
@@ -366,47 +427,55 @@ def _render_group(
     w_t = (f_t - i_t).astype(np.float32)
     weight = weight.astype(np.float32) * pix_frac
 
+    # Reflections within reach of a pixel: the nearest one and, for overlapping disks, its neighbours.
+    reach_r = int(np.ceil(det.alpha / g_row + 0.5))
+    reach_c = int(np.ceil(det.alpha / g_col + 0.5))
+    offsets = [(dr, dc) for dr in range(-reach_r, reach_r + 1) for dc in range(-reach_c, reach_c + 1)]
+
     def work(sl: slice) -> None:
         qr = qc_r_pix - dc_r[sl]
         qc = qc_c_pix - dc_c[sl]
-        kr = np.rint(qr * np.float32(1 / g_row))
-        kc = np.rint(qc * np.float32(1 / g_col))
-        k_row = qr - kr * np.float32(g_row)
-        k_col = qc - kc * np.float32(g_col)
-        # one-pixel antialiased disk edge
-        edge = (np.float32(det.alpha) - np.sqrt(k_row * k_row + k_col * k_col)) * np.float32(1 / det.step) + np.float32(0.5)
-        valid = (edge > 0) & (np.abs(kr) <= refl_max) & (np.abs(kc) <= refl_max)
-        # flat indices: 1-D take is much faster than 2-D fancy indexing
-        idx = np.flatnonzero(valid)
-        if idx.size == 0:
-            return
-        pat = idx // n_pix
-        e = np.minimum(edge.ravel().take(idx), np.float32(1.0))
-        u_r = (k_row.ravel().take(idx) + m_r[sl].take(pat) - np.float32(u0)) * np.float32(1 / du)
-        u_c = (k_col.ravel().take(idx) + m_c[sl].take(pat) - np.float32(u0)) * np.float32(1 / du)
-        np.clip(u_r, 0, n_u - 1 - 1e-3, out=u_r)
-        np.clip(u_c, 0, n_u - 1 - 1e-3, out=u_c)
-        fr, fc = np.floor(u_r), np.floor(u_c)
-        wr, wc = u_r - fr, u_c - fc
-        wt = w_t[sl].take(pat)
-        gi = (kr.ravel().take(idx) + np.float32(refl_max)) * np.float32(n_side) + (kc.ravel().take(idx) + np.float32(refl_max))
-        base = (
-            i_t[sl].take(pat) * np.int32(stride_t)
-            + gi.astype(np.int32) * np.int32(stride_g)
-            + fr.astype(np.int32) * np.int32(stride_r)
-            + fc.astype(np.int32)
-        )
-        val = np.zeros(base.shape, dtype=np.float32)
-        for dtt, wtt in ((0, 1.0 - wt), (stride_t, wt)):
-            for drr, wrr in ((0, 1.0 - wr), (stride_r, wr)):
-                b_off = base + np.int32(dtt + drr)
-                val += (wtt * wrr) * ((1.0 - wc) * flat.take(b_off) + wc * flat.take(b_off + np.int32(stride_c)))
-        val *= e * weight[sl].take(pat)
-        # (output row, pixel) pairs are unique because ``index`` has no repeats, so a
-        # fancy-index += is exact (and much faster than np.add.at).
-        out_idx = index[sl].take(pat).astype(np.int64) * n_pix + (idx - pat * n_pix)
-        out_flat = out.reshape(-1)
-        out_flat[out_idx] += val
+        kr0 = np.rint(qr * np.float32(1 / g_row))
+        kc0 = np.rint(qc * np.float32(1 / g_col))
+        for dkr, dkc in offsets:
+            kr = kr0 + np.float32(dkr)
+            kc = kc0 + np.float32(dkc)
+            k_row = qr - kr * np.float32(g_row)
+            k_col = qc - kc * np.float32(g_col)
+            # one-pixel antialiased disk edge
+            edge = (np.float32(det.alpha) - np.sqrt(k_row * k_row + k_col * k_col)) * np.float32(1 / det.step) + np.float32(0.5)
+            valid = (edge > 0) & (np.abs(kr) <= refl_max) & (np.abs(kc) <= refl_max)
+            # flat indices: 1-D take is much faster than 2-D fancy indexing
+            idx = np.flatnonzero(valid)
+            if idx.size == 0:
+                continue
+            pat = idx // n_pix
+            e = np.minimum(edge.ravel().take(idx), np.float32(1.0))
+            u_r = (k_row.ravel().take(idx) + m_r[sl].take(pat) - np.float32(u0)) * np.float32(1 / du)
+            u_c = (k_col.ravel().take(idx) + m_c[sl].take(pat) - np.float32(u0)) * np.float32(1 / du)
+            np.clip(u_r, 0, n_u - 1 - 1e-3, out=u_r)
+            np.clip(u_c, 0, n_u - 1 - 1e-3, out=u_c)
+            fr, fc = np.floor(u_r), np.floor(u_c)
+            wr, wc = u_r - fr, u_c - fc
+            wt = w_t[sl].take(pat)
+            gi = (kr.ravel().take(idx) + np.float32(refl_max)) * np.float32(n_side) + (kc.ravel().take(idx) + np.float32(refl_max))
+            base = (
+                i_t[sl].take(pat) * np.int32(stride_t)
+                + gi.astype(np.int32) * np.int32(stride_g)
+                + fr.astype(np.int32) * np.int32(stride_r)
+                + fc.astype(np.int32)
+            )
+            val = np.zeros(base.shape, dtype=np.float32)
+            for dtt, wtt in ((0, 1.0 - wt), (stride_t, wt)):
+                for drr, wrr in ((0, 1.0 - wr), (stride_r, wr)):
+                    b_off = base + np.int32(dtt + drr)
+                    val += (wtt * wrr) * ((1.0 - wc) * flat.take(b_off) + wc * flat.take(b_off + np.int32(stride_c)))
+            val *= e * weight[sl].take(pat)
+            # (output row, pixel) pairs are unique within one reflection offset because
+            # ``index`` has no repeats, so a fancy-index += is exact.
+            out_idx = index[sl].take(pat).astype(np.int64) * n_pix + (idx - pat * n_pix)
+            out_flat = out.reshape(-1)
+            out_flat[out_idx] += val
 
     chunk = max(1, max_elements // n_pix)
     _run_chunks(work, len(thickness), chunk)
@@ -529,8 +598,14 @@ def _render_states(
     tilt: np.ndarray,
     descan: np.ndarray,
     out: np.ndarray,
+    mounting: np.ndarray | None = None,
 ) -> None:
-    """Accumulate weighted patterns of mixed states into ``out`` (N, P), grouped by state."""
+    """Accumulate weighted patterns of mixed states into ``out`` (N, P), grouped by state.
+
+    ``mounting`` (2, 2) maps crystal-frame vectors onto the detector (a rotated
+    or mirrored camera); identity by default.
+    """
+    mount = np.eye(2) if mounting is None else np.asarray(mounting, dtype=np.float64)
     states = np.asarray(states)
     for state in np.unique(states):
         sel = np.nonzero(states == state)[0]
@@ -539,7 +614,7 @@ def _render_states(
             lib.tables[_ORIENTATION[str(state)]],
             lib.tilt_axis_mrad,
             det,
-            np.linalg.inv(_OPS[str(state)]),
+            np.linalg.inv(mount @ _OPS[str(state)]),
             thickness[sel],
             tilt[sel],
             descan[sel],
@@ -702,7 +777,9 @@ class SimConfig:
     reciprocal_step_mrad : float
         Detector pixel size.
     convergence_mrad : float
-        Probe convergence semi-angle (disks must not overlap: < about 3 mrad).
+        Probe convergence semi-angle. Above half the reflection spacing the disks
+        overlap and each pixel sums the disks that cover it (position-averaged
+        CBED); the library's tilt range must cover it plus the mistilt.
     real_step_nm : float
         Scan step.
     geometry : str
@@ -710,7 +787,17 @@ class SimConfig:
     geometry_params : dict
         Extra keyword arguments of the geometry function.
     class_set : str
-        ``"signed"`` or ``"axis"``: the classes of ``label_map``.
+        ``"signed"``, ``"axis"`` or ``"anonymous"`` (names that say nothing of a
+        direction, in an order unrelated to one): the classes of ``label_map``.
+    library : str
+        Material of the pattern library (:data:`LIBRARIES`): ``"PbTiO3"`` or
+        ``"BaTiO3"`` (a weaker polarity; its library reaches 15 mrad of tilt,
+        enough for overlapping disks).
+    detector_rotation_deg : float
+        The camera's rotation against the crystal frame (degrees, from +column
+        towards +row): patterns are rendered rotated, any angle.
+    detector_mirror : bool
+        The camera is mounted mirrored (columns reversed, before the rotation).
     probe_footprint_px : float
         Gaussian sigma (scan pixels) of the probe footprint that mixes neighbouring
         domains' patterns incoherently at walls.
@@ -756,6 +843,9 @@ class SimConfig:
     geometry: str = "mixed"
     geometry_params: dict[str, Any] = field(default_factory=dict)
     class_set: str = "signed"
+    library: str = "PbTiO3"
+    detector_rotation_deg: float = 0.0
+    detector_mirror: bool = False
     probe_footprint_px: float = 0.7
     wall_threshold: float = 0.9
     thickness_nm: tuple[float, float] = (10.0, 30.0)
@@ -820,6 +910,15 @@ PRESETS: dict[str, SimConfig] = {
         preset="hard", scan_shape=(96, 128), geometry="mixed", thickness_nm=(6.0, 38.0), mistilt_mrad=1.9,
         mistilt_corr=0.2, descan_px=3.0, dose=5e3, seed=11,
     ),
+    # Like multislice scans made elsewhere: BaTiO3 (a weaker polarity), 11 mrad so that
+    # the disks overlap (twice the reflection spacing), position-averaged patterns,
+    # a thickness wedge and mistilt, 3e4 electrons: +P and -P class means differ by a
+    # few percent after preprocessing (tests/test_simulate.py measures it).
+    "weak": SimConfig(
+        preset="weak", scan_shape=(48, 64), library="BaTiO3", detector_size=48, reciprocal_step_mrad=1.0,
+        convergence_mrad=11.0, geometry="mixed", thickness_nm=(16.0, 20.0), mistilt_mrad=0.5, mistilt_corr=0.3,
+        descan_px=3.0, dose=3e4, seed=12,
+    ),
     # Baseline control: on zone, constant thickness, no descan, no noise or defects.
     "control": SimConfig(
         preset="control", scan_shape=(48, 64), geometry="mixed", thickness_nm=(20.0, 20.0),
@@ -827,6 +926,14 @@ PRESETS: dict[str, SimConfig] = {
         dose=None, diffuse_fraction=0.0, detector_blur_px=0.0, n_hot_pixels=0, n_dead_pixels=0, seed=9,
     ),
 }
+
+
+# The weak preset seen through other cameras and with other names: polmap must do as well
+# on each (nothing in it may depend on a detector orientation or a class name).
+PRESETS["weak_mirrored"] = PRESETS["weak"].replace(preset="weak_mirrored", detector_mirror=True)
+PRESETS["weak_rot90"] = PRESETS["weak"].replace(preset="weak_rot90", detector_rotation_deg=90.0)
+PRESETS["weak_rot30"] = PRESETS["weak"].replace(preset="weak_rot30", detector_rotation_deg=30.0)
+PRESETS["weak_anonymous"] = PRESETS["weak"].replace(preset="weak_anonymous", class_set="anonymous")
 
 
 def get_preset(name: str, **overrides: Any) -> SimConfig:
@@ -896,7 +1003,8 @@ class SimulatedScan:
             real_step=md["real_step_nm"], real_units="nm", reciprocal_step=md["reciprocal_step_mrad"],
             reciprocal_units="mrad", beam_energy_kev=md["beam_energy_kev"], convergence_mrad=md["convergence_mrad"],
         )
-        gt = GroundTruth(self.label_map, list(self.class_names), list(self.class_colors), self.wall_mask)
+        gt = GroundTruth(self.label_map, list(self.class_names), list(self.class_colors), self.wall_mask,
+                         class_directions=dict(md.get("class_directions") or {}) or None)
         return Dataset4D.from_array(self.data, name=f"sim-{md.get('preset', 'custom')}", calibration=cal, ground_truth=gt, metadata=md)
 
 
@@ -1013,8 +1121,9 @@ def simulate_scan(config: SimConfig | str, *, library: PatternLibrary | None = N
     """
     cfg = get_preset(config) if isinstance(config, str) else config
     t_start = time.perf_counter()
-    lib = library or load_library()
+    lib = library or load_library(material=cfg.library)
     cs = _class_set(cfg.class_set)
+    mount = mounting_matrix(cfg.detector_rotation_deg, cfg.detector_mirror)
     R, C = (int(x) for x in cfg.scan_shape)
     if R < 1 or C < 1:
         raise ValueError(f"scan_shape must be positive, got {cfg.scan_shape}")
@@ -1062,7 +1171,7 @@ def simulate_scan(config: SimConfig | str, *, library: PatternLibrary | None = N
         _render_states(
             lib, det, states[sel], wflat[state_idx[sel], pos_idx[sel]], pos_idx[sel] - b0,
             thickness.reshape(N)[pos_idx[sel]], tilt.reshape(N, 2)[pos_idx[sel]], descan.reshape(N, 2)[pos_idx[sel]],
-            expected,
+            expected, mount,
         )
 
         def detect(sl: slice, b0: int = b0, expected: np.ndarray = expected) -> None:
@@ -1106,6 +1215,8 @@ def simulate_scan(config: SimConfig | str, *, library: PatternLibrary | None = N
         "physical_classes": PHYSICAL_CLASSES,
         "class_names": list(cs["names"]),
         "class_colors": list(cs["colors"]),
+        "class_directions": class_directions(cfg.class_set, mount),
+        "detector_mounting": mount.round(9).tolist(),
         "counts_per_electron": 1.0,
         "noise": "poisson" if cfg.dose is not None else "none (expected counts for 1e4 electrons)",
         "hot_pixels": hot.tolist(),
@@ -1169,6 +1280,8 @@ def write_h5(scan: SimulatedScan, path: str | os.PathLike) -> Path:
             lm = g.create_dataset("label_map", data=scan.label_map.astype(np.int16))
             lm.attrs["class_names"] = json.dumps(list(scan.class_names))
             lm.attrs["class_colors"] = json.dumps(list(scan.class_colors))
+            if md.get("class_directions"):
+                lm.attrs["class_directions"] = json.dumps(md["class_directions"])
             g.create_dataset("wall_mask", data=scan.wall_mask.astype(bool))
             g.create_dataset("polarization", data=scan.polarization.astype(np.float32))
             g.create_dataset("thickness_nm", data=scan.thickness.astype(np.float32))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build polmap's CBED pattern library for tetragonal PbTiO3 with abTEM multislice.
+"""Build polmap's CBED pattern libraries (tetragonal PbTiO3, BaTiO3) with abTEM multislice.
 
 Run with the separate abTEM environment (polmap itself never imports abTEM)::
 
@@ -49,27 +49,58 @@ import abtem
 from abtem.core.energy import energy2wavelength
 from ase import Atoms
 
-# --- structure -----------------------------------------------------------------
-# Tetragonal PbTiO3, P4mm, room temperature. Lattice and fractional z from the
-# neutron/X-ray refinements of Shirane, Pepinsky & Frazer, Acta Cryst. 9, 131 (1956)
-# and Glazer & Mabud, Acta Cryst. B34, 1065 (1978) (a = 3.90 A, c = 4.15 A,
-# z(Ti) ~ 0.54, z(O1) ~ 0.11, z(O2) ~ 0.61 with Pb at the origin), rounded as
-# specified for polmap.
-A_LATTICE = 3.90
-C_LATTICE = 4.15
-SITES = [  # (symbol, f_a1, f_a2, f_c)
-    ("Pb", 0.0, 0.0, 0.0),
-    ("Ti", 0.5, 0.5, 0.540),
-    ("O", 0.5, 0.5, 0.112),  # O1, apical
-    ("O", 0.5, 0.0, 0.612),  # O2, equatorial
-    ("O", 0.0, 0.5, 0.612),  # O2'
-]
-# Centrosymmetric reference positions along c, for the sign of P.
-REFERENCE_FC = {0: 0.0, 1: 0.5, 2: 0.0, 3: 0.5, 4: 0.5}
-NOMINAL_CHARGE = {"Pb": 2.0, "Ti": 4.0, "O": -2.0}
-# Frozen-phonon RMS displacement per Cartesian direction (A). Approximate room
-# temperature values for PbTiO3 (U_iso of about 0.006-0.012 A^2).
-SIGMAS = {"Pb": 0.10, "Ti": 0.08, "O": 0.09}
+# --- structures ------------------------------------------------------------------
+# Tetragonal P4mm perovskites at room temperature: lattice, fractional sites (symbol,
+# f_a1, f_a2, f_c), the centrosymmetric reference f_c of each site (for the sign of
+# P), and frozen-phonon RMS displacements (A).
+MATERIALS: dict[str, dict] = {
+    # Shirane, Pepinsky & Frazer, Acta Cryst. 9, 131 (1956); Glazer & Mabud, Acta
+    # Cryst. B34, 1065 (1978) (rounded as specified for polmap).
+    "PbTiO3": {
+        "a": 3.90,
+        "c": 4.15,
+        "sites": [
+            ("Pb", 0.0, 0.0, 0.0),
+            ("Ti", 0.5, 0.5, 0.540),
+            ("O", 0.5, 0.5, 0.112),  # O1, apical
+            ("O", 0.5, 0.0, 0.612),  # O2, equatorial
+            ("O", 0.0, 0.5, 0.612),  # O2'
+        ],
+        "reference_fc": [0.0, 0.5, 0.0, 0.5, 0.5],
+        "sigmas": {"Pb": 0.10, "Ti": 0.08, "O": 0.09},
+        "reference": "Shirane, Pepinsky & Frazer, Acta Cryst. 9, 131 (1956); Glazer & Mabud, "
+        "Acta Cryst. B34, 1065 (1978) (rounded values)",
+    },
+    # Buttner & Maslen, Acta Cryst. B48, 764 (1992); Kwei et al., J. Phys. Chem. 97,
+    # 2368 (1993) (rounded): displacements about a sixth of PbTiO3's, a weaker polarity.
+    "BaTiO3": {
+        "a": 3.992,
+        "c": 4.036,
+        "sites": [
+            ("Ba", 0.0, 0.0, 0.0),
+            ("Ti", 0.5, 0.5, 0.482),
+            ("O", 0.5, 0.5, 0.016),
+            ("O", 0.5, 0.0, 0.515),
+            ("O", 0.0, 0.5, 0.515),
+        ],
+        "reference_fc": [0.0, 0.5, 0.0, 0.5, 0.5],
+        "sigmas": {"Ba": 0.08, "Ti": 0.07, "O": 0.09},
+        "reference": "Buttner & Maslen, Acta Cryst. B48, 764 (1992); Kwei et al., J. Phys. Chem. 97, 2368 (1993) "
+        "(rounded values)",
+    },
+}
+NOMINAL_CHARGE = {"Pb": 2.0, "Ba": 2.0, "Ti": 4.0, "O": -2.0}
+MATERIAL = MATERIALS["PbTiO3"]  # the one being built; main() selects it
+
+
+def select_material(name: str) -> dict:
+    """Make ``name`` the material every function below builds (returns its record)."""
+    global MATERIAL
+    if name not in MATERIALS:
+        raise SystemExit(f"unknown material {name!r}; choose one of {sorted(MATERIALS)}")
+    MATERIAL = MATERIALS[name]
+    return MATERIAL
+
 
 ENERGY_EV = 200e3
 
@@ -81,7 +112,8 @@ def polarization_sign_along_c() -> float:
     reference; the result (-1: P points along -c when Pb sits at the origin and
     Ti/O are at z > 0.5/0) fixes which way the a-domain cell is laid along x.
     """
-    dipole = sum(NOMINAL_CHARGE[s] * (fc - REFERENCE_FC[i]) for i, (s, _, _, fc) in enumerate(SITES))
+    ref = MATERIAL["reference_fc"]
+    dipole = sum(NOMINAL_CHARGE[s] * (fc - ref[i]) for i, (s, _, _, fc) in enumerate(MATERIAL["sites"]))
     return float(np.sign(dipole))
 
 
@@ -92,6 +124,7 @@ def unit_cell(orientation: str) -> tuple[Atoms, float, int]:
     atomic plane sits inside a slice (not on a boundary) with the 'infinite' projection.
     """
     symbols, pos = [], []
+    A_LATTICE, C_LATTICE, SITES = MATERIAL["a"], MATERIAL["c"], MATERIAL["sites"]
     if orientation == "a_domain":
         # x = polar axis (detector columns), y = a2, z = a1 (beam).
         sgn = polarization_sign_along_c()  # -1: flip c so that P points along +x
@@ -184,7 +217,7 @@ def tilt_series(
     for cfg in range(n_cfg):
         t0 = time.time()
         if configs > 0:
-            structure = abtem.FrozenPhonons(big, num_configs=1, sigmas=SIGMAS, seed=seed + 1000 * cfg)
+            structure = abtem.FrozenPhonons(big, num_configs=1, sigmas=MATERIAL["sigmas"], seed=seed + 1000 * cfg)
         else:
             structure = big
         pot = abtem.Potential(
@@ -317,6 +350,62 @@ def validate_cbed(orientation: str, thickness_cells: int, sampling: float, log=p
     return res
 
 
+def validate_pacbed(orientation: str, thickness_cells: int, sampling: float, alpha: float, log=print) -> dict:
+    """Check overlapping-disk, position-averaged CBED against a direct abTEM simulation.
+
+    A probe of semi-angle ``alpha`` (large enough for the disks to overlap) on a
+    4 x 4 grid of positions over one unit cell of an 8 x 8 supercell; the
+    averaged pattern is compared with the sum over reflections ``g`` of
+    ``I_g(k - g) * |A(k - g)|^2`` from the plane-wave tilt series, which is what
+    ``polmap.simulate`` renders: averaging over the probe positions of a unit
+    cell cancels the interference between overlapping disks.
+    """
+    cell, height, spc = unit_cell(orientation)
+    n_lat = 8
+    gx = n_lat * _gpts(cell.cell[0, 0], sampling)
+    gy = n_lat * _gpts(cell.cell[1, 1], sampling)
+    lx, ly = cell.cell[0, 0] * n_lat, cell.cell[1, 1] * n_lat
+    atoms = cell * (n_lat, n_lat, thickness_cells)
+    pot = abtem.Potential(atoms, gpts=(gx, gy), slice_thickness=height / spc, projection="infinite", parametrization="lobato")
+    lam = energy2wavelength(ENERGY_EV)
+    probe = abtem.Probe(energy=ENERGY_EV, semiangle_cutoff=alpha, extent=(lx, ly), gpts=(gx, gy))
+    ax, ay = cell.cell[0, 0], cell.cell[1, 1]
+    pts = [[lx / 2 + ax * (i + 0.5) / 4, ly / 2 + ay * (j + 0.5) / 4] for i in range(4) for j in range(4)]
+    psi = np.asarray(probe.multislice(pot, scan=abtem.CustomScan(pts)).compute(progress_bar=False).array)
+    psi = psi.reshape(-1, gx, gy)
+    pacbed = (np.abs(np.fft.fft2(psi)) ** 2).mean(0)
+    vac = np.asarray(probe.build(scan=abtem.CustomScan(pts[:1])).compute(progress_bar=False).array).reshape(gx, gy)
+    aperture = np.abs(np.fft.fft2(vac)) ** 2
+    # every grid point k (pitch 1/L) inside the aperture, as a tilt
+    j = np.arange(-gx // 2, gx // 2)
+    kk = np.array([(r, c) for r in j for c in j if aperture[c % gx, r % gy] > 1e-6 * aperture.max()])
+    wk = np.array([aperture[c % gx, r % gy] for r, c in kk])
+    tilts = np.stack([lam * 1e3 * kk[:, 0] / ly, lam * 1e3 * kk[:, 1] / lx], axis=1)
+    m = 4
+    pw, _, _ = tilt_series(orientation, tilts, thickness_cells, 1, sampling, 0, m, 0, 64, log=lambda *_: None)
+    ref = [(kr, kc) for kr in range(-m, m + 1) for kc in range(-m, m + 1)]
+    model = np.zeros_like(pacbed)
+    for gi, (kr, kc) in enumerate(ref):
+        rows = (kc * n_lat + kk[:, 1]) % gx
+        cols = (kr * n_lat + kk[:, 0]) % gy
+        np.add.at(model, (rows, cols), pw[-1, :, gi] * wk)
+    # compare inside the central disks' field (|index| <= 2), where the library is complete
+    fx = np.fft.fftfreq(gx) * gx / n_lat
+    fy = np.fft.fftfreq(gy) * gy / n_lat
+    field = (np.abs(fx)[:, None] <= 2.5) & (np.abs(fy)[None, :] <= 2.5)
+    rel = float(np.abs(pacbed - model)[field].sum() / pacbed[field].sum())
+    res = {
+        "orientation": orientation,
+        "thickness_nm": thickness_cells * height / 10,
+        "probe_semiangle_mrad": alpha,
+        "probe_positions": 16,
+        "supercell": n_lat,
+        "relative_L1_error": rel,
+    }
+    log(f"  PACBED check {orientation} @ {res['thickness_nm']:.1f} nm, {alpha} mrad: L1 error {rel:.2e}")
+    return res
+
+
 def _gpts(length: float, sampling: float) -> int:
     """FFT-friendly (5-smooth) number of grid points closest to length / sampling."""
     good = [n for n in range(16, 1025) if max(_prime_factors(n)) <= 5]
@@ -396,6 +485,7 @@ def sanity_figures(npz_path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="polmap/data/pattern_library.npz")
+    ap.add_argument("--material", default="PbTiO3", choices=sorted(MATERIALS))
     ap.add_argument("--configs", type=int, default=8, help="frozen-phonon configurations (0 = static lattice)")
     ap.add_argument("--supercell", type=int, default=3, help="lateral supercell for frozen phonons")
     ap.add_argument("--sampling", type=float, default=0.055, help="real-space sampling (A)")
@@ -407,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=6, help="tilts per multislice call")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-validate", action="store_true")
+    ap.add_argument("--pacbed-alpha", type=float, default=None,
+                    help="also check overlapping-disk PACBED at this probe semi-angle (mrad)")
     ap.add_argument("--quick", action="store_true", help="coarse smoke test (1 config, 1 mrad step)")
     ap.add_argument("--report-only", action="store_true", help="only (re)compute the sanity figures of --out")
     args = ap.parse_args(argv)
@@ -420,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.configs, args.tilt_step, args.supercell = 1, 1.0, 2
+    select_material(args.material)
     abtem.config.set({"device": "cpu"})
     t_start = time.time()
     n_half = int(round(args.tilt_max / args.tilt_step))
@@ -470,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_validate:
         for orient in ("a_domain", "c_domain"):
             validation.append(validate_cbed(orient, 40 if orient == "a_domain" else 38, args.sampling))
+            if args.pacbed_alpha:
+                validation.append(validate_pacbed(orient, 40 if orient == "a_domain" else 38, args.sampling, args.pacbed_alpha))
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp.npz")
@@ -487,16 +582,17 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "runtime_total_s": round(total, 1),
-        "material": "PbTiO3, tetragonal P4mm",
-        "lattice_A": {"a": A_LATTICE, "c": C_LATTICE},
-        "sites_fractional": [list(s) for s in SITES],
-        "structure_reference": "Shirane, Pepinsky & Frazer, Acta Cryst. 9, 131 (1956); Glazer & Mabud, Acta Cryst. B34, 1065 (1978) (rounded values)",
-        "polarization_note": "with Pb at the origin, Ti/O shifted to +c: P points along -c (nominal charges); the a_domain cell is mirrored along x so P points along +x",
+        "material": f"{args.material}, tetragonal P4mm",
+        "lattice_A": {"a": MATERIAL["a"], "c": MATERIAL["c"]},
+        "sites_fractional": [list(s) for s in MATERIAL["sites"]],
+        "structure_reference": MATERIAL["reference"],
+        "polarization_note": f"with the A cation at the origin, P points along {'+' if polarization_sign_along_c() > 0 else '-'}c "
+        "(nominal charges); the a_domain cell is laid so that P points along +x",
         "beam_energy_kev": ENERGY_EV / 1e3,
         "wavelength_A": lam,
         "method": "plane-wave multislice (abTEM), exit plane every unit cell, Bragg intensities from FFT of exit wave; CBED pixel at offset k in disk g = I_g(thickness, k + mistilt)",
         "potential": {"parametrization": "lobato", "projection": "infinite"},
-        "frozen_phonons": {"configs": args.configs, "sigmas_A": SIGMAS, "lateral_supercell": args.supercell, "model": "Einstein (independent Gaussian displacements)"},
+        "frozen_phonons": {"configs": args.configs, "sigmas_A": MATERIAL["sigmas"], "lateral_supercell": args.supercell, "model": "Einstein (independent Gaussian displacements)"},
         "tilt_grid_mrad": {"half_width": args.tilt_max, "step": args.tilt_step, "note": "2-D grid, row=y, col=x; symmetry-reduced storage, unfold with *_symmetry_ops"},
         "max_index": m,
         "orientations": {

@@ -158,18 +158,49 @@ def _emd_calibration(f: h5py.File, ds: h5py.Dataset, metadata: dict[str, Any]) -
     return None
 
 
+#: Calibration attributes of plain HDF5 files, on the dataset or the file root: polmap's own
+#: names first, then names seen in other groups' files. (field, units, names)
+_CAL_ATTRS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("real", "nm", ("real_step_nm", "scan_step_nm", "step_nm", "scan_step_size_nm")),
+    ("real", "A", ("scan_step_A", "scan_step_angstrom")),
+    ("reciprocal", "mrad", ("reciprocal_step_mrad", "detector_pixel_size_mrad", "q_pixel_size_mrad")),
+    ("reciprocal", "1/A", ("detector_pixel_size_inv_A", "detector_pixel_size_1_per_A", "q_pixel_size_inv_A")),
+    ("energy", "keV", ("beam_energy_kev", "voltage_kV", "accelerating_voltage_kV", "high_tension_kV")),
+    ("convergence", "mrad", ("convergence_mrad", "convergence_semiangle_mrad", "convergence_semi_angle_mrad")),
+)
+
+
+def _first_attr(objs: tuple[Any, ...], names: tuple[str, ...]) -> Any:
+    for obj in objs:
+        for n in names:
+            if n in obj.attrs:
+                v = _attr(obj, n)
+                try:
+                    f = float(v)
+                except (TypeError, ValueError):
+                    continue
+                if np.isfinite(f) and f > 0:
+                    return f
+    return None
+
+
 def _attr_calibration(ds: h5py.Dataset, metadata: dict[str, Any]) -> Calibration | None:
-    """polmap's own attrs (simulated files; also honoured on any plain HDF5 dataset)."""
-    names = ("real_step_nm", "reciprocal_step_mrad", "beam_energy_kev", "convergence_mrad")
-    if not any(n in ds.attrs for n in names):
+    """Calibration from dataset or root attributes (polmap's names and common others, see ``_CAL_ATTRS``)."""
+    objs = (ds, ds.file)
+    found: dict[str, tuple[float, str]] = {}
+    for fieldname, units, names in _CAL_ATTRS:
+        if fieldname in found:
+            continue
+        v = _first_attr(objs, names)
+        if v is not None:
+            found[fieldname] = (v, units)
+    if not found:
         return None
+    real = found.get("real", (None, ""))
+    rec = found.get("reciprocal", (None, ""))
     return make_calibration(
-        _attr(ds, "real_step_nm"),
-        "nm",
-        _attr(ds, "reciprocal_step_mrad"),
-        "mrad",
-        _attr(ds, "beam_energy_kev"),
-        _attr(ds, "convergence_mrad"),
+        real[0], real[1], rec[0], rec[1],
+        found.get("energy", (None, ""))[0], found.get("convergence", (None, ""))[0],
         metadata=metadata,
     )
 
@@ -194,6 +225,8 @@ def open_hdf5(src: Source, dataset_path: str | None, scan_shape: Any) -> Opened:
                 except (TypeError, ValueError):
                     metadata["simulation"] = raw
         gt_group = f.get("/ground_truth")
+        if isinstance(gt_group, h5py.Dataset) and ds.ndim == 4:
+            gt = _plain_ground_truth(gt_group, tuple(ds.shape[:2]), src.label, metadata)
         if isinstance(gt_group, h5py.Group) and "label_map" in gt_group and ds.ndim == 4:
             lm_shape = tuple(gt_group["label_map"].shape)
             if lm_shape == tuple(ds.shape[:2]):
@@ -217,6 +250,56 @@ def open_hdf5(src: Source, dataset_path: str | None, scan_shape: Any) -> Opened:
 
 
 # -- ground truth ------------------------------------------------------------------------------------
+def _directions_attr(objs: tuple[Any, ...], names: list[str]) -> dict[str, Any] | None:
+    """Declared class directions (a JSON object in a ``class_directions`` attribute), checked; None if absent.
+
+    A malformed declaration is dropped: it is a prior, and the scan is usable without it.
+    """
+    from polmap.symmetry import parse_directions
+
+    for obj in objs:
+        raw = _attr(obj, "class_directions")
+        if raw is None:
+            continue
+        try:
+            return parse_directions(json.loads(raw), names) or None
+        except (TypeError, ValueError, AttributeError):
+            return None
+    return None
+
+
+def _plain_ground_truth(lm: h5py.Dataset, scan_shape: tuple[int, ...], label: str, metadata: dict[str, Any]) -> GroundTruth | None:
+    """A root ``/ground_truth`` 2-D integer dataset; class names in its or the root's ``class_names``
+    (a string array, JSON or comma-separated; ``class_names_json`` too), ``/wall_mask`` beside it.
+
+    A map of another shape or dtype is not the truth of this scan: it is noted in
+    ``metadata`` and ignored rather than refused (the scan itself is fine).
+    """
+    if lm.ndim != 2 or tuple(lm.shape) != scan_shape or lm.dtype.kind not in "iu":
+        metadata["ground_truth_ignored"] = (
+            f"/ground_truth has shape {tuple(lm.shape)} and dtype {lm.dtype}; expected integers of the scan shape "
+            f"{scan_shape}"
+        )
+        return None
+    root = lm.file
+    names = None
+    for obj in (lm, root):
+        for key in ("class_names", "class_names_json", "classes"):
+            if key in obj.attrs:
+                names = parse_name_list(_attr(obj, key))
+                break
+        if names:
+            break
+    colors = parse_name_list(_attr(lm, "class_colors") if "class_colors" in lm.attrs else _attr(root, "class_colors"))
+    lmap, names, colors = check_label_map(lm[()], names, colors, f"{label}:{lm.name}")
+    wall = root.get("/wall_mask")
+    wall_arr = None
+    if isinstance(wall, h5py.Dataset) and tuple(wall.shape) == scan_shape:
+        wall_arr = np.asarray(wall[()]).astype(bool)
+    return GroundTruth(label_map=lmap, class_names=names, class_colors=colors, wall_mask=wall_arr,
+                       class_directions=_directions_attr((lm, root), names))
+
+
 def parse_name_list(value: Any) -> list[str] | None:
     """Class names/colours from an attr: a JSON list, a comma-separated string or an array of strings."""
     if value is None:
@@ -282,7 +365,8 @@ def ground_truth_from_dataset(ds: h5py.Dataset, label: str) -> GroundTruth:
                 wall = np.asarray(obj[()]).astype(bool)
             else:
                 extra[key] = np.asarray(obj[()])
-    return GroundTruth(label_map=lm, class_names=names, class_colors=colors, wall_mask=wall, extra=extra)
+    return GroundTruth(label_map=lm, class_names=names, class_colors=colors, wall_mask=wall, extra=extra,
+                       class_directions=_directions_attr((ds, parent), names))
 
 
 def ground_truth_from_group(group: h5py.Group, label: str) -> GroundTruth:
