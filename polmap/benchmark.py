@@ -436,6 +436,9 @@ class BenchmarkConfig:
         Also score the linear discriminant (scan-whitened, with the same
         symmetry map) on every checkpoint's labels: the floor the default
         model must reach.
+    declared_directions : bool
+        Give training the class directions the data file declares (a prior
+        that the labels check); False measures the discovery from the data alone.
     conventional : bool
         Score the conventional centre-of-mass / Friedel map (no labels).
     paper_budget : int or None
@@ -469,6 +472,7 @@ class BenchmarkConfig:
     cold_start_features: str = "patterns"
     pca_knn: bool = True
     linear_baseline: bool = True
+    declared_directions: bool = True
     conventional: bool = True
     paper_budget: int | None = 50
     paper_strategy: str = "adaptive"
@@ -617,6 +621,7 @@ def _fit_predict(
     train_overrides: dict[str, Any],
     preprocess_state: dict[str, Any] | None,
     scan: tuple[np.ndarray, np.ndarray],
+    directions: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Train on the labelled rows of ``X_all`` and predict all of them -> probabilities (R, C, K), info."""
     from polmap.pipeline import train_on_patterns
@@ -632,7 +637,8 @@ def _fit_predict(
     flat = pos[:, 0] * C + pos[:, 1]
     cfg = _train_config(model, seed, train_overrides)
     t0 = time.perf_counter()
-    tm = train_on_patterns(X_all[flat], cls, class_names, cfg, scan, preprocess_state=preprocess_state)
+    tm = train_on_patterns(X_all[flat], cls, class_names, cfg, scan, directions=directions,
+                           preprocess_state=preprocess_state)
     t1 = time.perf_counter()
     proba = tm.predict_proba(X_all)
     t2 = time.perf_counter()
@@ -707,6 +713,7 @@ def _run_strategy(
     progress: Progress | None,
     hooks: dict[str, Callable[..., Any]] | None = None,
     scan: tuple[np.ndarray, np.ndarray] | None = None,
+    directions: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from polmap import sampling
 
@@ -752,7 +759,7 @@ def _run_strategy(
         if not (at_checkpoint or more_rounds):
             continue
         probs, info = _fit_predict(X_all, pos, cls, class_names, (R, C), cfg.model, seed, cfg.train, preprocess_state,
-                                   scan)
+                                   scan, directions)
         if "on_train" in hooks:
             hooks["on_train"](strategy, seed, pos.copy(), cls.copy(), oracle)
         n_trainings += 0 if info["single_class"] else 1
@@ -1048,6 +1055,8 @@ def run_benchmark(
     transform_s = time.perf_counter() - t0
     pstate = pre.state_dict()
     scan = scan_sample(dataset, pre, patterns=X_all)
+    # Directions the data file declares (a calibration, checked against the labels in training).
+    directions = (getattr(truth, "class_directions", None) or None) if cfg.declared_directions else None
     features = None
     if any(s in _FEATURE_STRATEGIES for s in cfg.strategies):
         features = _virtual_features(dataset) if cfg.cold_start_features == "virtual" else pattern_features(X_all)
@@ -1056,7 +1065,8 @@ def run_benchmark(
     strategies: dict[str, Any] = {}
     for strategy in cfg.strategies:
         runs = [
-            _run_strategy(strategy, seed, cfg, label_map, X_all, features, names, pstate, progress, _hooks, scan)
+            _run_strategy(strategy, seed, cfg, label_map, X_all, features, names, pstate, progress, _hooks, scan,
+                          directions)
             for seed in cfg.seeds
         ]
         strategies[strategy] = {"budgets": _aggregate(runs), "runs": runs}
@@ -1085,7 +1095,8 @@ def run_benchmark(
         seed, pos, cls = sets[0]
         if len(np.unique(cls)) >= 2:
             tm = train_on_patterns(X_all[pos[:, 0] * C + pos[:, 1]], cls, names,
-                                   _train_config(cfg.model, seed, cfg.train), scan, preprocess_state=pstate)
+                                   _train_config(cfg.model, seed, cfg.train), scan, directions=directions,
+                                   preprocess_state=pstate)
             _, e2e, timing = _predict_scan_timed(tm, dataset, pre)
             speed[f"{cfg.model}_end_to_end_patterns_per_s"] = R * C / max(e2e, 1e-9)
             speed[f"{cfg.model}_end_to_end_preprocess_s"] = timing.get("preprocess_seconds")
@@ -1136,6 +1147,7 @@ def run_benchmark(
             "n_wall": int(wall_mask_from_truth(label_map).sum()),
             "n_near_wall": int(scorer.near_wall.sum()),
             "preset": (dataset.metadata or {}).get("preset"),
+            "declared_directions": directions,
         },
         "config": cfg.to_dict(),
         "environment": _environment(),

@@ -520,7 +520,7 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--paper-strategy", args.paper_strategy]
     if args.paper_preprocess != "paper":
         parts += ["--paper-preprocess", args.paper_preprocess]
-    for flag in ("no_paper", "no_baselines", "no_plot"):
+    for flag in ("no_paper", "no_baselines", "no_plot", "ignore_declared"):
         if getattr(args, flag):
             parts.append("--" + flag.replace("_", "-"))
     parts += ["--out", args.out]
@@ -557,6 +557,7 @@ def _benchmark(args: argparse.Namespace) -> int:
             paper_train=_read_json_arg(args.paper_train, "--paper-train"),
             paper_preprocess=args.paper_preprocess,
             end_to_end_speed=not args.no_baselines,
+            declared_directions=not args.ignore_declared,
         )
         command = _command_line(args)
         results = run_benchmark(
@@ -687,6 +688,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-paper", action="store_true", help="skip the paper's network")
     p.add_argument("--no-baselines", action="store_true", help="skip all baselines and the end-to-end timing")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    p.add_argument("--ignore-declared", action="store_true",
+                   help="do not give training the class directions the data file declares: the symmetry comes "
+                        "from the labelled data alone")
     p.add_argument("--out", default="benchmark.json", metavar="FILE",
                    help="results JSON; .md and .png are written next to it (default benchmark.json)")
     p.add_argument("--quiet", action="store_true")

@@ -217,7 +217,7 @@ class LinearDiscriminant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, K)`` for patterns ``(N, 1, H, W)``."""
         _check_input(x, self.input_size, "linear model")
-        z = (x[:, 0] - self.mean).reshape(len(x), -1) @ self.basis.T
+        z = (x[:, 0] - self.mean).flatten(1) @ self.basis.T  # flatten: batch size stays free when traced
         return z @ self.weight + self.bias
 
 

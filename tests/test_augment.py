@@ -12,19 +12,16 @@ from polmap.augment import (
     AugmentConfig,
     Augmenter,
     apply_op,
-    class_geometry,
-    class_permutation,
-    usable_ops,
+    compose_ops,
 )
-
-
+from polmap.symmetry import declared_arrows
 
 SIGNED = ["none", "+x", "-x", "+y", "-y"]
-AXIS = ["na", "vertical", "horizontal"]
+# Declared directions of the toy classes (degrees from +col towards +row); names are just labels.
+DIRECTIONS = {"none": "invariant", "+x": 0.0, "-x": 180.0, "+y": 90.0, "-y": 270.0}
 
-# Expected relabelling, written out by hand from the geometry (+x = +col, +y = +row/down).
+# Expected relabelling, written out by hand from the geometry (0 deg = +col, 90 deg = +row/down).
 SIGNED_EXPECTED = {
-    "identity": ["none", "+x", "-x", "+y", "-y"],
     "flip_cols": ["none", "-x", "+x", "+y", "-y"],
     "flip_rows": ["none", "+x", "-x", "-y", "+y"],
     "rot180": ["none", "-x", "+x", "-y", "+y"],
@@ -33,7 +30,6 @@ SIGNED_EXPECTED = {
     "rot90": ["none", "-y", "+y", "+x", "-x"],  # counter-clockwise on screen: right -> up
     "rot270": ["none", "+y", "-y", "-x", "+x"],
 }
-AXIS_SWAPS = {"transpose", "anti_transpose", "rot90", "rot270"}
 
 
 def toy_pattern(direction: tuple[float, float], size: int = 33, asym: float = 0.2) -> np.ndarray:
@@ -50,34 +46,27 @@ def toy_pattern(direction: tuple[float, float], size: int = 33, asym: float = 0.
 
 
 VECTORS = {"none": (0, 0), "+x": (0, 1), "-x": (0, -1), "+y": (1, 0), "-y": (-1, 0)}
+ARROWS = declared_arrows(DIRECTIONS, SIGNED)
 
 
-@pytest.mark.parametrize("op", SYMMETRY_OPS)
-def test_signed_permutation_matches_hand_table(op: str) -> None:
-    perm = class_permutation(SIGNED, op)
-    assert [SIGNED[j] for j in perm] == SIGNED_EXPECTED[op]
+@pytest.mark.parametrize("op", SYMMETRY_OPS[1:])
+def test_declared_directions_give_the_hand_table(op: str) -> None:
+    assert [SIGNED[j] for j in ARROWS[op]] == SIGNED_EXPECTED[op]
 
 
-@pytest.mark.parametrize("op", SYMMETRY_OPS)
-def test_axis_permutation(op: str) -> None:
-    perm = class_permutation(AXIS, op)
-    expected = [0, 2, 1] if op in AXIS_SWAPS else [0, 1, 2]
-    assert perm == expected
-
-
-@pytest.mark.parametrize("op", SYMMETRY_OPS)
-def test_op_moves_asymmetric_feature_where_label_says(op: str) -> None:
-    # Physics check: the transformed pattern of class k IS the pattern of class perm[k].
-    perm = class_permutation(SIGNED, op)
+@pytest.mark.parametrize("op", SYMMETRY_OPS[1:])
+def test_op_moves_asymmetric_feature_where_the_arrow_says(op: str) -> None:
+    # Physics check: the transformed pattern of class k IS the pattern of class arrows[op][k].
     for k, name in enumerate(SIGNED):
         moved = apply_op(toy_pattern(VECTORS[name]), op)
-        np.testing.assert_allclose(moved, toy_pattern(VECTORS[SIGNED[perm[k]]]), atol=1e-12)
-    # Same for the unsigned axis classes (a +x pattern is "horizontal").
-    axis_of = {"+x": "horizontal", "-x": "horizontal", "+y": "vertical", "-y": "vertical"}
-    aperm = class_permutation(AXIS, op)
-    for name in ("+x", "+y"):
-        new_signed = SIGNED[perm[SIGNED.index(name)]]
-        assert AXIS[aperm[AXIS.index(axis_of[name])]] == axis_of[new_signed]
+        np.testing.assert_allclose(moved, toy_pattern(VECTORS[SIGNED[ARROWS[op][k]]]), atol=1e-12)
+
+
+def test_compose_ops_matches_applying_twice() -> None:
+    a = np.arange(25.0).reshape(5, 5)
+    for first in SYMMETRY_OPS:
+        for then in SYMMETRY_OPS:
+            np.testing.assert_array_equal(apply_op(apply_op(a, first), then), apply_op(a, compose_ops(first, then)))
 
 
 @pytest.mark.parametrize("op", SYMMETRY_OPS)
@@ -107,46 +96,6 @@ def test_rot90_is_numpy_rot90_and_ops_form_a_group() -> None:
             assert any((prod == OP_MATRICES[o]).all() for o in SYMMETRY_OPS)
 
 
-def test_class_name_parsing() -> None:
-    assert class_geometry("None") == ("invariant", 0.0)
-    assert class_geometry(" N/A ") == ("invariant", 0.0)
-    assert class_geometry("\u2212x") == ("vector", 180.0)  # unicode minus
-    assert class_geometry("+45") == ("vector", 45.0)
-    assert class_geometry("-90") == ("vector", 270.0)
-    assert class_geometry("135deg") == ("vector", 135.0)
-    assert class_geometry("horizontal") == ("axis", 0.0)
-    assert class_geometry("45") is None  # bare numbers are usually indices
-    assert class_geometry("domain A") is None
-
-
-def test_angle_classes_follow_the_same_geometry() -> None:
-    names = ["+0deg", "+45", "+90", "+135", "+180", "+225", "+270", "+315"]
-    # rot90 turns +x (0) into -y (270): every angle goes down by 90.
-    assert [names[j] for j in class_permutation(names, "rot90")] == [
-        "+270", "+315", "+0deg", "+45", "+90", "+135", "+180", "+225"
-    ]
-    # transpose mirrors in the diagonal: 0 <-> 90, 45 fixed.
-    perm = class_permutation(names, "transpose")
-    assert names[perm[0]] == "+90" and names[perm[1]] == "+45" and names[perm[3]] == "+315"
-
-
-def test_unknown_or_incomplete_class_sets() -> None:
-    assert class_permutation(["grain A", "grain B"], "flip_cols") is None
-    assert class_permutation(["grain A", "grain B"], "identity") == [0, 1]
-    used, skipped = usable_ops(["grain A", "grain B"])
-    assert used == ["identity"]
-    assert set(skipped) == set(SYMMETRY_OPS[1:]) and "not understood" in skipped["rot90"]
-    # +x without -x: mirrors of columns cannot be used, the transpose can.
-    partial = ["none", "+x", "+y"]
-    assert class_permutation(partial, "flip_cols") is None
-    assert class_permutation(partial, "transpose") == [0, 2, 1]
-    used, skipped = usable_ops(partial)
-    assert used == ["identity", "transpose"]
-    assert "not in the class set" in skipped["flip_cols"]
-    with pytest.raises(ValueError, match="unknown symmetry operation"):
-        class_permutation(SIGNED, "shear")
-
-
 def _batch(n: int = 16, size: int = 33) -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.arange(n) % 5
     x = torch.stack([torch.from_numpy(toy_pattern(VECTORS[SIGNED[int(k)]], size)).float() for k in y])[:, None]
@@ -155,7 +104,7 @@ def _batch(n: int = 16, size: int = 33) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_augmenter_symmetry_only_keeps_pattern_and_label_consistent() -> None:
     cfg = AugmentConfig(symmetry=True, dose=False, shift=False, smooth=False)
-    aug = Augmenter(SIGNED, cfg, scaling="none")
+    aug = Augmenter(len(SIGNED), cfg, scaling="none", arrows=ARROWS)
     assert aug.ops == list(SYMMETRY_OPS)
     x, y = _batch(40)
     xa, ya = aug(x, y, torch.Generator().manual_seed(1))
@@ -171,18 +120,41 @@ def test_augmenter_symmetry_only_keeps_pattern_and_label_consistent() -> None:
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_symmetry_off_and_description() -> None:
-    aug = Augmenter(SIGNED, AugmentConfig(symmetry=False))
+def test_symmetry_off_or_without_arrows_uses_no_operation() -> None:
+    assert Augmenter(len(SIGNED), AugmentConfig(symmetry=False), arrows=ARROWS).ops == ["identity"]
+    aug = Augmenter(len(SIGNED), AugmentConfig(symmetry=True))
     assert aug.ops == ["identity"]
-    d = aug.describe()
-    assert d["symmetry_ops_used"] == ["identity"]
-    assert d["symmetry_ops_skipped"]["flip_cols"] == "symmetry augmentation off"
+    assert aug.describe()["symmetry_ops_used"] == ["identity"]
+
+
+def test_an_operation_is_applied_only_to_classes_with_an_arrow() -> None:
+    # flip_cols only for class 1 -> 2: patterns of the other classes are never flipped.
+    arrows = {"flip_cols": [None, 2, None, None, None]}
+    aug = Augmenter(len(SIGNED), AugmentConfig(symmetry=True, dose=False, shift=False, smooth=False),
+                    scaling="none", arrows=arrows)
+    x, y = _batch(50)
+    xa, ya = aug(x, y, torch.Generator().manual_seed(3))
+    flipped = ~torch.isclose(xa, x).flatten(1).all(1)
+    assert flipped.any()
+    assert bool((y[flipped] == 1).all()) and bool((ya[flipped] == 2).all())
+    assert torch.equal(ya[~flipped], y[~flipped])
+    views, classes = aug.views(x, y)
+    assert len(views) == len(x) + int((y == 1).sum()) and bool((classes[len(x):] == 2).all())
+
+
+def test_augmenter_rejects_malformed_arrows() -> None:
+    with pytest.raises(ValueError, match="entries for 5 classes"):
+        Augmenter(5, arrows={"rot90": [0, 1]})
+    with pytest.raises(ValueError, match="outside"):
+        Augmenter(5, arrows={"rot90": [0, 1, 2, 3, 9]})
+    with pytest.raises(ValueError, match="unknown symmetry operation"):
+        Augmenter(5, arrows={"shear": [0, 1, 2, 3, 4]})
 
 
 def test_smooth_field_keeps_friedel_pairs_equal() -> None:
     # A centrosymmetric pattern must stay centrosymmetric: the field may not fake a polar signal.
     cfg = AugmentConfig(symmetry=False, dose=False, shift=False, smooth=True, field_strength=0.5, gamma_std=0.3)
-    aug = Augmenter(SIGNED, cfg, scaling="none")
+    aug = Augmenter(len(SIGNED), cfg, scaling="none")
     x, y = _batch(8)
     x = x[y == 0]  # class "none": centrosymmetric
     xa, _ = aug(x, y[y == 0], torch.Generator().manual_seed(0))
@@ -192,7 +164,7 @@ def test_smooth_field_keeps_friedel_pairs_equal() -> None:
 
 def test_shift_moves_centre_of_mass_by_at_most_max_shift() -> None:
     cfg = AugmentConfig(symmetry=False, dose=False, shift=True, max_shift=0.7, smooth=False)
-    aug = Augmenter(SIGNED, cfg, scaling="none")
+    aug = Augmenter(len(SIGNED), cfg, scaling="none")
     size = 33
     rr, cc = np.mgrid[0:size, 0:size] - 16.0
     blob = torch.from_numpy(np.exp(-(rr**2 + cc**2) / 8.0)).float()[None, None].repeat(64, 1, 1, 1)
@@ -207,7 +179,7 @@ def test_shift_moves_centre_of_mass_by_at_most_max_shift() -> None:
 
 def test_dose_noise_is_poisson_like_in_linear_intensity() -> None:
     cfg = AugmentConfig(symmetry=False, dose=True, dose_range=(100.0, 100.0), dose_p=1.0, shift=False, smooth=False)
-    aug = Augmenter(SIGNED, cfg, scaling="sqrt")
+    aug = Augmenter(len(SIGNED), cfg, scaling="sqrt")
     lin = torch.full((2000, 1, 4, 4), 0.25)
     lin[:, :, 0, 0] = 1.0  # peak = 1 -> 100 counts; the rest 25 counts
     out, _ = aug(lin.sqrt(), torch.zeros(2000, dtype=torch.long), torch.Generator().manual_seed(0))
@@ -219,7 +191,7 @@ def test_dose_noise_is_poisson_like_in_linear_intensity() -> None:
 
 def test_wall_mixing_blends_linear_intensity_and_softens_the_target() -> None:
     cfg = AugmentConfig(symmetry=False, dose=False, shift=False, smooth=False, mix=True, mix_p=1.0, mix_range=(0.6, 0.9))
-    aug = Augmenter(SIGNED, cfg, scaling="sqrt")
+    aug = Augmenter(len(SIGNED), cfg, scaling="sqrt")
     x, y = _batch(20)
     x = (x / x.amax(dim=(-1, -2), keepdim=True)).sqrt()  # like sqrt-scaled, max-normalised input
     xa, t = aug.augment(x, y, torch.Generator().manual_seed(0), label_smoothing=0.1)
@@ -249,7 +221,7 @@ def test_wall_mixing_blends_linear_intensity_and_softens_the_target() -> None:
 
 def test_augmenter_rejects_unknown_scaling() -> None:
     with pytest.raises(ValueError, match="scaling"):
-        Augmenter(SIGNED, scaling="cube")
+        Augmenter(len(SIGNED), scaling="cube")
 
 
 def test_augment_config_round_trip() -> None:

@@ -68,18 +68,27 @@ def test_friedel_asymmetry_of_synthetic_disks():
     np.testing.assert_allclose(maps.friedel, truth, atol=0.02)
 
 
-def test_rule_and_calibration():
-    names = ["none", "+x", "-x", "+y", "-y"]
-    v = np.array([[0.0, 0.5], [0.0, -0.5], [0.4, 0.1], [-0.4, 0.1], [0.01, 0.01]])
-    p = B.RuleParams(sign=1.0, threshold=0.05)
-    np.testing.assert_array_equal(B.apply_rule(v, p, names), [1, 2, 3, 4, 0])
-    np.testing.assert_array_equal(B.apply_rule(v, p, ["na", "vertical", "horizontal"]), [2, 2, 1, 1, 0])
-    # labels that follow the negated vectors: calibration finds sign -1 and a threshold
-    labels = np.array([2, 1, 4, 3, 0])
-    params, acc = B.calibrate_rule(v[None], labels[None], names)
-    assert params.sign == -1.0 and 0.014 < params.threshold <= 0.42 and acc == 1.0
-    with pytest.raises(ValueError):
-        B.apply_rule(v, p, ["a", "b"])
+def test_rule_learns_each_class_mean_vector_whatever_the_names():
+    # Classes named after nothing: the rule learns where each one's vectors sit.
+    names = ["P1", "P2", "P3", "P4", "P5"]
+    centres = np.array([[0.0, 0.0], [0.0, 0.5], [0.0, -0.5], [0.5, 0.0], [-0.5, 0.0]])
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), 30)
+    v = centres[y] + rng.normal(0, 0.08, (len(y), 2))
+    params, acc = B.calibrate_rule(v[None], y[None], names)
+    np.testing.assert_allclose(np.array(params.centroids), centres, atol=0.03)
+    assert acc > 0.95
+    # A mirrored camera mirrors the vectors: the same labels give mirrored centroids, same accuracy.
+    params_m, acc_m = B.calibrate_rule((v * [1, -1])[None], y[None], names)
+    assert abs(acc_m - acc) < 1e-12 and params_m.centroids[1][1] < 0
+    np.testing.assert_array_equal(B.apply_rule(centres, params, names), np.arange(5))
+    # A class without labels is never predicted.
+    p3, _ = B.calibrate_rule(v[y != 2][None], y[y != 2][None], names)
+    assert p3.centroids[2] is None and 2 not in B.apply_rule(v, p3, names)
+    with pytest.raises(ValueError, match="2 class names"):
+        B.apply_rule(v, params, ["a", "b"])
+    with pytest.raises(ValueError, match="no class with a mean vector"):
+        B.apply_rule(v, B.RuleParams((None, None)))
 
 
 def _rule_scores(scan, n_labels=50, seed=0):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from polmap.augment import AugmentConfig
+from polmap.augment import SYMMETRY_OPS, AugmentConfig
+from polmap.symmetry import SymmetryMap, declared_arrows
 from polmap.train import (
     CheckpointError,
     TrainConfig,
@@ -20,6 +21,7 @@ from polmap.train import (
     TrainingCancelled,
     gate_members,
     make_folds,
+    assess,
     resolve_device,
     train_model,
 )
@@ -28,6 +30,10 @@ from polmap.train import (
 
 SIGNED = ["none", "+x", "-x", "+y", "-y"]
 _VEC = {"none": (0, 0), "+x": (0, 1), "-x": (0, -1), "+y": (1, 0), "-y": (-1, 0)}
+# The toy classes' geometry, declared (as a user or a file would); names are just labels.
+SYMMETRY = SymmetryMap(
+    SIGNED, declared_arrows({"none": "invariant", "+x": 0, "-x": 180, "+y": 90, "-y": 270}, SIGNED), "declared"
+)
 
 
 def toy_patterns(
@@ -62,8 +68,15 @@ def toy_patterns(
     return out
 
 
+def _fit(X, y, names, cfg, **kw) -> TrainedModel:
+    """train_model with the toy classes' declared symmetry (as the pipeline would pass a found one)."""
+    if list(names) == SIGNED:
+        kw.setdefault("symmetry", SYMMETRY)
+    return train_model(X, y, names, cfg, **kw)
+
+
 def fast_config(**kw) -> TrainConfig:
-    base = dict(epochs=8, samples_per_epoch=64, batch_size=32, n_members=3, patience=0, lr=5e-3)
+    base = dict(model="compact", epochs=8, samples_per_epoch=64, batch_size=32, n_members=3, patience=0, lr=5e-3)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -81,10 +94,10 @@ def toy() -> dict[str, np.ndarray]:
 def trained(toy: dict[str, np.ndarray]) -> TrainedModel:
     # member_gate=None: 16 steps are too few for the member without antisymmetric channels
     # (it fits 37 % of its labels and the gate would drop it); these tests need all three.
-    return train_model(
+    return _fit(
         toy["X"], toy["y"], SIGNED, fast_config(member_gate=None), class_colors=["#888888", "#ff0000", "#00ffff", "#80ff00", "#8000ff"],
         preprocess_state={"format": "polmap-preprocess", "config": {"scaling": "sqrt", "output_size": 32}},
-        provenance={"dataset_fingerprint": "abc123"},
+        provenance={"dataset_fingerprint": "abc123"}, symmetry=SYMMETRY,
     )
 
 
@@ -148,14 +161,14 @@ def test_a_class_painted_once_is_not_validated(toy: dict[str, np.ndarray]) -> No
     X, y = toy["X"], toy["y"]
     groups = np.arange(len(y))
     groups[y == 0] = 1000  # every "none" label from one painted region
-    m = train_model(X, y, SIGNED, fast_config(epochs=1, n_members=2), groups=groups)
+    m = _fit(X, y, SIGNED, fast_config(epochs=1, n_members=2, member_gate=None), groups=groups)
     rep = m.report
     assert rep["validation"] == "cross-validation"
     assert not set(np.nonzero(y == 0)[0]) & set(rep["oof_label_indices"])
     assert rep["n_validated"] == int((y != 0).sum())
     assert any("single place (one point or one region) ['none']" in w for w in rep["warnings"])
     with pytest.raises(ValueError, match="group ids for"):
-        train_model(X, y, SIGNED, fast_config(epochs=1, n_members=2), groups=groups[:-1])
+        _fit(X, y, SIGNED, fast_config(epochs=1, n_members=2), groups=groups[:-1])
 
 
 def test_device_resolution() -> None:
@@ -177,8 +190,9 @@ def test_learns_the_toy_problem_with_honest_report(trained: TrainedModel, toy: d
     cm = np.array(rep["oof_confusion"])
     assert cm.sum() == 40 and np.trace(cm) / 40 == pytest.approx(rep["oof_accuracy"], abs=1e-4)
     assert len(rep["member_val_accuracy"]) == 3
-    assert rep["augmentation"]["symmetry_ops_used"][0] == "identity"
-    assert len(rep["augmentation"]["symmetry_ops_used"]) == 8
+    assert rep["augmentation"]["symmetry_ops_used"] == list(SYMMETRY_OPS)
+    assert rep["symmetry"]["status"] == "declared" and len(rep["symmetry"]["mapping"]) == 7
+    assert rep["assessment"]["level"] in ("ok", "warning") and "out-of-fold accuracy" in rep["assessment"]["headline"]
     assert rep["device"] == "cpu" and rep["train_seconds"] > 0
     assert rep["n_parameters_per_member"] == trained.n_parameters
     assert trained.provenance["dataset_fingerprint"] == "abc123"
@@ -218,7 +232,7 @@ def test_validation_folds_never_train_their_member(toy: dict[str, np.ndarray], m
     monkeypatch.setattr(train_mod, "_train_member", spy_member)
     monkeypatch.setattr(Augmenter, "augment", spy_aug)
     monkeypatch.setattr(train_mod, "_recalibrate_batchnorm", spy_bn)
-    m = train_model(X, y, SIGNED, fast_config(epochs=2, workers=1, member_gate=None))
+    m = _fit(X, y, SIGNED, fast_config(epochs=2, workers=1, member_gate=None))
     assert sorted(held) == [0, 1, 2]
     for k in held:
         assert held[k] and not fed[k] & held[k]  # no validation pattern ever trained member k
@@ -231,21 +245,21 @@ def test_validation_folds_never_train_their_member(toy: dict[str, np.ndarray], m
 def test_random_labels_give_chance_out_of_fold_accuracy(toy: dict[str, np.ndarray]) -> None:
     # Labels unrelated to the patterns: an honest estimate is near chance (0.2), a leaky one is not.
     y_random = np.random.default_rng(7).permutation(toy["y"])
-    m = train_model(toy["X"], y_random, SIGNED, fast_config(epochs=8, augment=AugmentConfig(symmetry=False)))
+    m = _fit(toy["X"], y_random, SIGNED, fast_config(epochs=8, augment=AugmentConfig(symmetry=False)))
     assert m.report["oof_accuracy"] <= 0.45
 
 
 def test_few_labels_say_no_validation(toy: dict[str, np.ndarray]) -> None:
     X, y = toy["X"], toy["y"]
     pick = np.array([np.nonzero(y == k)[0][0] for k in range(5)] + [np.nonzero(y == 1)[0][1]])
-    m = train_model(X[pick], y[pick], SIGNED, fast_config(epochs=2, n_members=2, member_gate=None))
+    m = _fit(X[pick], y[pick], SIGNED, fast_config(epochs=2, n_members=2, member_gate=None))
     assert m.report["validation"] == "none"
     assert "only 6 labels" in m.report["validation_note"]
     assert "fewer than two classes have labels in 2 or more places" in m.report["validation_note"]
     assert m.report["oof_accuracy"] is None and m.n_members == 2
     # A missing class is reported, not hidden.
     no_none = y != 0
-    m2 = train_model(X[no_none], y[no_none], SIGNED, fast_config(epochs=1, n_members=2))
+    m2 = _fit(X[no_none], y[no_none], SIGNED, fast_config(epochs=1, n_members=2))
     assert m2.report["classes_without_labels"] == ["none"]
     assert any("never be predicted" in w for w in m2.report["warnings"])
     assert m2.report["validation"] == "cross-validation"
@@ -254,7 +268,7 @@ def test_few_labels_say_no_validation(toy: dict[str, np.ndarray]) -> None:
 def test_single_label_class_trains_every_member_and_is_not_validated(toy: dict[str, np.ndarray]) -> None:
     X, y = toy["X"], toy["y"]
     keep = (y != 0) | (np.arange(len(y)) == np.nonzero(y == 0)[0][0])  # one "none" label only
-    m = train_model(X[keep], y[keep], SIGNED, fast_config(epochs=1, n_members=2))
+    m = _fit(X[keep], y[keep], SIGNED, fast_config(epochs=1, n_members=2))
     rep = m.report
     assert rep["validation"] == "cross-validation"
     single = int(np.nonzero(y[keep] == 0)[0][0])
@@ -264,16 +278,16 @@ def test_single_label_class_trains_every_member_and_is_not_validated(toy: dict[s
 
 def test_class_names_as_labels(toy: dict[str, np.ndarray]) -> None:
     names = np.array(SIGNED)[toy["y"]]
-    m = train_model(toy["X"][:, None], names, SIGNED, fast_config(epochs=1, n_members=2))
+    m = _fit(toy["X"][:, None], names, SIGNED, fast_config(epochs=1, n_members=2))
     assert m.report["label_counts"] == {n: 8 for n in SIGNED}
 
 
 def test_same_seed_same_weights(toy: dict[str, np.ndarray]) -> None:
     X, y = toy["X"][:20], toy["y"][:20]
     cfg = fast_config(epochs=2, n_members=2, workers=2)  # members in parallel threads
-    a = train_model(X, y, SIGNED, cfg)
-    b = train_model(X, y, SIGNED, fast_config(epochs=2, n_members=2, workers=1))  # sequential: same weights
-    c = train_model(X, y, SIGNED, fast_config(epochs=2, n_members=2, seed=1))
+    a = _fit(X, y, SIGNED, cfg)
+    b = _fit(X, y, SIGNED, fast_config(epochs=2, n_members=2, workers=1))  # sequential: same weights
+    c = _fit(X, y, SIGNED, fast_config(epochs=2, n_members=2, seed=1))
     for na, nb in zip(a.nets, b.nets):
         for (k, va), vb in zip(na.state_dict().items(), nb.state_dict().values()):
             assert torch.equal(va, vb), k
@@ -293,14 +307,14 @@ def test_progress_and_cancel(toy: dict[str, np.ndarray]) -> None:
             stop.set()
 
     with pytest.raises(TrainingCancelled, match="after 1 of 3 members") as info:
-        train_model(X, y, SIGNED, fast_config(epochs=3, workers=1), progress=progress, cancel=stop)
+        _fit(X, y, SIGNED, fast_config(epochs=3, workers=1), progress=progress, cancel=stop)
     assert {"member", "n_members", "epoch", "epochs", "loss", "val_loss", "val_acc", "lr", "elapsed_s"} <= set(seen[0])
     assert [(d["member"], d["epoch"]) for d in seen] == [(0, 1), (0, 2), (0, 3), (1, 1)]
     partial = info.value.partial
     assert partial is not None and partial.n_members == 1 and partial.report["cancelled"]
     # A callable works as well; cancelling before anything finished leaves no partial model.
     with pytest.raises(TrainingCancelled) as info2:
-        train_model(X, y, SIGNED, fast_config(), cancel=lambda: True)
+        _fit(X, y, SIGNED, fast_config(), cancel=lambda: True)
     assert info2.value.partial is None
 
 
@@ -309,12 +323,12 @@ def test_failing_progress_callback_stops_training(toy: dict[str, np.ndarray]) ->
         raise KeyError("display went away")
 
     with pytest.raises(KeyError, match="display went away"):
-        train_model(toy["X"], toy["y"], SIGNED, fast_config(epochs=3, workers=2), progress=progress)
+        _fit(toy["X"], toy["y"], SIGNED, fast_config(epochs=3, workers=2), progress=progress)
     assert torch.get_num_threads() == 1  # thread setting restored after the failure
 
 
 def test_early_stopping_uses_training_loss(toy: dict[str, np.ndarray]) -> None:
-    m = train_model(toy["X"], toy["y"], SIGNED, fast_config(epochs=60, patience=2, n_members=2))
+    m = _fit(toy["X"], toy["y"], SIGNED, fast_config(epochs=60, patience=2, n_members=2))
     # The toy problem is learnt within a few epochs; then the loss stops improving by 2 %.
     for h in m.history:
         assert len(h) < 60 and h[-1].get("stopped_early")
@@ -324,7 +338,7 @@ def test_early_stopping_uses_training_loss(toy: dict[str, np.ndarray]) -> None:
 def test_a_member_that_has_not_learned_is_never_stopped_early(toy: dict[str, np.ndarray]) -> None:
     # With a learning rate this small the loss stays at about log K and cannot improve by 2 %:
     # stopping would freeze a member that predicts one class everywhere, so it runs every epoch.
-    m = train_model(toy["X"], toy["y"], SIGNED, fast_config(epochs=12, patience=1, n_members=2, lr=1e-6))
+    m = _fit(toy["X"], toy["y"], SIGNED, fast_config(epochs=12, patience=1, n_members=2, lr=1e-6))
     for h in m.history:
         assert len(h) == 12 and not h[-1].get("stopped_early")
         assert h[-1]["loss"] > 0.75 * np.log(5)
@@ -343,11 +357,11 @@ def test_a_member_that_cannot_fit_its_labels_is_left_out(toy: dict[str, np.ndarr
     # it fits far fewer of its own training labels than member 0 and must not vote.
     crippled = {"hidden": 1, "dropout": 0.9, "channels": (2,)}
     cfg = fast_config(member_variants=[{}, crippled])
-    m = train_model(toy["X"], toy["y"], SIGNED, cfg)
+    m = _fit(toy["X"], toy["y"], SIGNED, cfg)
     rep = m.report
     assert m.n_members == 2 and [n.antisymmetric for n in m.nets] == [True, True]
     (d,) = rep["dropped_members"]
-    assert d["member"] == 1 and d["options"] == crippled
+    assert d["member"] == 1 and d["options"] == {"model": "compact", **crippled}
     assert d["fit_accuracy"] < d["best_fit_accuracy"] - 0.15
     assert max(rep["member_fit_accuracy"]) == d["best_fit_accuracy"]
     # Its fold is no longer validated: no kept member vouches for those labels.
@@ -356,29 +370,65 @@ def test_a_member_that_cannot_fit_its_labels_is_left_out(toy: dict[str, np.ndarr
     assert any("could not fit their own training labels" in w for w in rep["warnings"])
     # Survives a checkpoint round trip as the 2-member ensemble it is.
     assert TrainedModel.from_bytes(m.to_bytes()).n_members == 2
-    kept = train_model(toy["X"], toy["y"], SIGNED, fast_config(member_variants=[{}, crippled], member_gate=None))
+    kept = _fit(toy["X"], toy["y"], SIGNED, fast_config(member_variants=[{}, crippled], member_gate=None))
     assert kept.n_members == 3 and kept.report["dropped_members"] == [] and kept.report["n_validated"] == 40
     with pytest.raises(ValueError, match="member_gate must be None or an accuracy gap"):
-        train_model(toy["X"], toy["y"], SIGNED, fast_config(member_gate=1.5))
+        _fit(toy["X"], toy["y"], SIGNED, fast_config(member_gate=1.5))
 
 
 def test_no_augmentation_is_reported(toy: dict[str, np.ndarray]) -> None:
     aug = AugmentConfig(symmetry=False, dose=False, shift=False, smooth=False)
-    m = train_model(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, n_members=2, augment=aug))
+    m = _fit(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, n_members=2, augment=aug))
     assert m.report["augmentation"]["symmetry_ops_used"] == ["identity"]
 
 
-def test_unknown_classes_use_identity_only_and_say_so(toy: dict[str, np.ndarray]) -> None:
-    names = ["grain A", "grain B", "grain C", "grain D", "grain E"]
-    m = train_model(toy["X"][:20], toy["y"][:20], names, fast_config(epochs=1, n_members=2))
-    aug = m.report["augmentation"]
-    assert aug["symmetry_ops_used"] == ["identity"]
-    assert "not understood" in aug["symmetry_ops_skipped"]["transpose"]
+def test_without_a_symmetry_map_no_operation_is_used_and_the_report_says_why(toy: dict[str, np.ndarray]) -> None:
+    # Class names that look like directions are not read: without a map, no symmetry.
+    m = train_model(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, n_members=2))
+    assert m.report["augmentation"]["symmetry_ops_used"] == ["identity"]
+    assert m.report["symmetry"]["skipped"]["transpose"] == "no symmetry map was given"
+    with pytest.raises(ValueError, match="symmetry map is for classes"):
+        train_model(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, n_members=2),
+                    symmetry=SymmetryMap(["a", "b"]))
+
+
+def test_auto_trains_networks_and_linear_members_and_keeps_the_better(toy: dict[str, np.ndarray]) -> None:
+    cfg = fast_config(model="auto", epochs=2, n_members=2)
+    m = _fit(toy["X"], toy["y"], SIGNED, cfg, symmetry=SYMMETRY, scan_patterns=toy["X_test"])
+    rep = m.report
+    assert set(rep["family_oof_accuracy"]) == {"compact", "linear"}
+    acc = rep["family_oof_accuracy"]
+    kept = rep["families_kept"]
+    if abs(acc["compact"] - acc["linear"]) <= 0.02:
+        assert kept == ["compact", "linear"] and m.n_members == 4
+    else:
+        assert kept == [max(acc, key=acc.get)] and m.n_members == 2
+    assert "out-of-fold accuracy" in rep["family_note"]
+    assert {o["model"] for o in rep["member_options"]} == set(kept)
+    again = TrainedModel.from_bytes(m.to_bytes())
+    np.testing.assert_allclose(again.predict_proba(toy["X_test"]), m.predict_proba(toy["X_test"]), atol=1e-5)
+    # A linear model alone: closed form, every member fitted, far above chance on this toy.
+    lin = _fit(toy["X"], toy["y"], SIGNED, fast_config(model="linear"), symmetry=SYMMETRY,
+                      scan_patterns=toy["X_test"])
+    assert float((lin.predict(toy["X_test"]) == toy["y_test"]).mean()) > 0.8
+    assert lin.history[0][0]["epochs"] == 1 and lin.n_parameters > 0
+
+
+def test_assessment_calls_chance_level_a_failure(toy: dict[str, np.ndarray]) -> None:
+    y_random = np.random.default_rng(5).permutation(toy["y"])
+    m = _fit(toy["X"], y_random, SIGNED, fast_config(model="linear"), scan_patterns=toy["X_test"])
+    verdict = m.report["assessment"]
+    assert verdict["level"] == "failure" and "near chance" in verdict["headline"]
+    assert verdict["causes"]
+    assert assess({"validation_note": "no validation possible: only 3 labels"})["level"] == "warning"
 
 
 def test_members_alternate_architectures_and_survive_a_round_trip(trained: TrainedModel) -> None:
     # compact's default ensemble: members with and without the antisymmetric input channels.
-    assert trained.report["member_options"] == [{"antisymmetric": True}, {"antisymmetric": False}, {"antisymmetric": True}]
+    assert trained.report["member_options"] == [
+        {"model": "compact", "antisymmetric": True}, {"model": "compact", "antisymmetric": False},
+        {"model": "compact", "antisymmetric": True},
+    ]
     assert [n.antisymmetric for n in trained.nets] == [True, False, True]
     loaded = TrainedModel.from_bytes(trained.to_bytes())
     assert [n.antisymmetric for n in loaded.nets] == [True, False, True]
@@ -389,7 +439,7 @@ def test_members_alternate_architectures_and_survive_a_round_trip(trained: Train
     torch.save({**payload, "metadata": json.dumps(meta)}, buf)
     with pytest.raises(CheckpointError, match="2 member architectures for 3 members"):
         TrainedModel.load(buf.getvalue())
-    meta["model_config"]["member_options"] = [{"antisymmetric": False}] * 3  # weights of member 0 have 3 inputs
+    meta["model_config"]["member_options"] = [{"model": "compact", "antisymmetric": False}] * 3  # member 0 has 3 inputs
     buf = io.BytesIO()
     torch.save({**payload, "metadata": json.dumps(meta)}, buf)
     with pytest.raises(CheckpointError, match="member 0 does not match"):
@@ -397,10 +447,10 @@ def test_members_alternate_architectures_and_survive_a_round_trip(trained: Train
 
 
 def test_homogeneous_members_on_request(toy: dict[str, np.ndarray]) -> None:
-    m = train_model(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, n_members=2, member_variants=[{}]))
+    m = _fit(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, n_members=2, member_variants=[{}]))
     assert all(n.antisymmetric for n in m.nets)
     with pytest.raises(ValueError, match="bad option"):
-        train_model(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, member_variants=[{"wings": 2}]))
+        _fit(toy["X"][:20], toy["y"][:20], SIGNED, fast_config(epochs=1, member_variants=[{"wings": 2}]))
 
 
 def test_config_round_trip() -> None:
