@@ -33,8 +33,7 @@ with svc.guarded("Predicting the map"):
 if pred is None:
     st.stop()
 
-names, colors = sess.classes.names, sess.classes.colors
-signed = any(n.startswith(("+", "-")) for n in names)
+names, colors = sess.classes.names, svc.map_colors(sess)
 if sess.labels is not None and sess.model_info.get("label_hash") not in (None, sess.labels.hash()):
     st.warning("The labels changed since this model was trained; the map shows the older model. Retrain on the Train page.")
 

@@ -29,10 +29,23 @@ st.markdown(
 st.caption(f"Device: **{svc.device_name()}**")
 
 models = svc.model_names()
-model = st.radio("Network", list(models), index=list(models).index(settings.get("model", "compact")) if settings.get("model", "compact") in models else 0,
+model = st.radio("Model", list(models), index=list(models).index(settings.get("model", "auto")) if settings.get("model", "auto") in models else 0,
                  format_func=lambda k: f"{k}: {models[k]}", key="train_model_name", horizontal=False)
 own_pre = st.checkbox("Use the preprocessing this network was designed for", value=True, key="train_own_pre",
                       help="Otherwise the Data page's preprocessing is used as it is.")
+with st.expander("Class directions (optional: a prior that training checks against your labels)", expanded=False):
+    st.caption("polmap finds which detector mirror or rotation maps which class onto which from your labelled "
+               "patterns; it never reads a direction from a class name. If you know where each class points on "
+               "the detector, declare it here (degrees from the +column towards the +row direction, or "
+               "'invariant' for a class no mirror changes, such as out-of-plane). A declaration the data "
+               "contradict is shown and not used.")
+    dir_text = st.text_input("Directions", value=svc.directions_text(sess), key="train_directions",
+                             placeholder="e.g.  up=270, down=90, c-domain=invariant")
+    if st.button("Save directions", key="train_directions_save"):
+        with svc.guarded("Saving the class directions"):
+            svc.set_class_directions(sess, dir_text)
+            sess.flash("success", "Class directions saved." if dir_text.strip() else "Class directions cleared.")
+            st.rerun()
 with st.expander("Settings (the defaults are good)", expanded=False):
     s1, s2, s3, s4 = st.columns(4)
     epochs = s1.number_input("Epochs (most, per member)", 1, 2000, int(settings["epochs"]), key="train_epochs")
@@ -82,10 +95,15 @@ if go:
         bar.progress(1.0, text="Predicting the whole scan…")
         svc.predict(sess)
         status.empty()
+        verdict = sess.model_info.get("assessment") or {}
         if cached:
             sess.flash("info", "Same dataset, preprocessing, labels and settings as a model already trained: reused it (no retraining).")
+        elif verdict.get("level") == "failure":
+            sess.flash("error", f"Trained in {sess.model_info.get('seconds', 0):.1f} s, but the model failed: {verdict['headline']}.")
+        elif verdict.get("level") == "warning":
+            sess.flash("warning", f"Trained in {sess.model_info.get('seconds', 0):.1f} s: {verdict['headline']}.")
         else:
-            sess.flash("success", f"Trained in {sess.model_info.get('seconds', 0):.1f} s.")
+            sess.flash("success", f"Trained in {sess.model_info.get('seconds', 0):.1f} s: {verdict.get('headline', '')}.")
         st.rerun()
 
 if sess.model is not None:
@@ -97,8 +115,27 @@ if sess.model is not None:
     acc = info.get("val_accuracy")
     m3.metric("Validation accuracy (out-of-fold)", "n/a" if acc is None else f"{acc:.1%}")
     m4.metric("Training time", f"{info.get('seconds', 0):.1f} s" if info.get("seconds") else "-")
+    verdict = info.get("assessment") or {}
+    if verdict.get("level") in ("failure", "warning"):
+        box = st.error if verdict["level"] == "failure" else st.warning
+        causes = "".join(f"\n- {c[:1].upper() + c[1:]}" for c in verdict.get("causes", []))
+        box(f"**{verdict['headline'][:1].upper() + verdict['headline'][1:]}.**" + (f"\n\nLikely causes:{causes}" if causes else ""))
     if info.get("validation"):
         st.caption(info["validation"])
+    if info.get("family_note"):
+        st.caption(info["family_note"][:1].upper() + info["family_note"][1:] + ".")
+    sym = info.get("symmetry") or {}
+    if sym.get("summary"):
+        with st.expander(f"Detector symmetry: {sym['summary']}", expanded=False):
+            st.markdown("Which detector operation maps which class onto which, as found in your labelled patterns "
+                        "(class names are never read):")
+            for line in sym.get("mapping") or []:
+                st.markdown(f"- `{line}`")
+            reasons: dict = {}
+            for op, why in (sym.get("skipped") or {}).items():
+                reasons.setdefault(why, []).append(op)
+            for why, ops in reasons.items():
+                st.markdown(f"- not used ({', '.join(ops)}): {why}")
     for w in info.get("warnings", []):
         st.warning(w[:1].upper() + w[1:] + ".")
     if sess.labels is not None and info.get("label_hash") and info["label_hash"] != sess.labels.hash():

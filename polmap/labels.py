@@ -579,6 +579,11 @@ class LabelStore:
         self._classes = self._classes.with_color(cls, color)
         self._revision += 1
 
+    def set_class_directions(self, directions: Mapping[str, float | str] | None) -> None:
+        """Declare class directions (see :class:`ClassSet`); None or empty clears them."""
+        self._classes = self._classes.with_directions(directions)
+        self._revision += 1
+
     def add_class(self, name: str, color: str | None = None) -> int:
         """Append a class; return its index. ``color=None`` picks an unused palette colour."""
         self._classes = self._classes.with_class(name, color)

@@ -37,7 +37,6 @@ from polmap.dataset import Calibration
 __all__ = [
     "PAPER_REFERENCE",
     "accuracy_vs_labels_figure",
-    "class_direction",
     "colour_wheel",
     "curves_figure",
     "direction_color",
@@ -206,27 +205,6 @@ def colour_wheel(size: int = 128, *, background: str = "#ffffff") -> np.ndarray:
     img = direction_rgb(vec, max_magnitude=1.0)
     img[np.hypot(rr, cc) > c] = parse_color(background)
     return img
-
-
-_DIR_TOKEN = re.compile(r"([+-])\s*([xy])", re.IGNORECASE)
-
-
-def class_direction(name: str) -> float | None:
-    """Direction angle (deg) encoded in a signed class name, or None.
-
-    ``"+x"`` -> 0, ``"+y"`` -> 90, ``"-x"`` -> 180, ``"-y"`` -> 270, and
-    combinations such as ``"+x+y"`` -> 45 or ``"-x -y"`` -> 225. Names such as
-    ``"none"`` or ``"vertical"`` give None.
-    """
-    s = str(name).strip()
-    tokens = _DIR_TOKEN.findall(s)
-    if not tokens or _DIR_TOKEN.sub("", s).strip():
-        return None
-    vr = sum((1 if sgn == "+" else -1) for sgn, ax in tokens if ax.lower() == "y")
-    vc = sum((1 if sgn == "+" else -1) for sgn, ax in tokens if ax.lower() == "x")
-    if vr == 0 and vc == 0:
-        return None
-    return float(np.mod(np.degrees(np.arctan2(vr, vc)), 360.0))
 
 
 # --------------------------------------------------------------------------------------
@@ -950,17 +928,21 @@ def pattern_figure(
     return fig
 
 
-def legend_figure(class_names: Sequence[str], class_colors: Any, signed: bool = False, *, size: int = 160) -> go.Figure:
-    """A legend for the map: class swatches, or a colour wheel for signed directions.
+def legend_figure(
+    class_names: Sequence[str], class_colors: Any, directions: Mapping[str, Any] | None = None, *, size: int = 160
+) -> go.Figure:
+    """A legend for the map: class swatches, or a colour wheel for classes with known directions.
 
     Parameters
     ----------
     class_names : sequence of str
     class_colors : sequence of colours, (K, 3) array or ClassSet
-    signed : bool
-        Draw the colour wheel (:func:`colour_wheel`) with each direction class
-        (``"+x"``, ``"-y"``, ... see :func:`class_direction`) written at its
-        angle; classes without a direction (``"none"``) get swatches below.
+    directions : dict, optional
+        Class name -> direction in degrees on the detector (from +column
+        towards +row), only directions declared and verified on the data
+        (:func:`polmap.symmetry.verified_directions`); never read from a name.
+        With any, the colour wheel (:func:`colour_wheel`) is drawn with those
+        classes written at their angle and the others as swatches below.
     size : int
         Wheel size in pixels.
 
@@ -971,14 +953,15 @@ def legend_figure(class_names: Sequence[str], class_colors: Any, signed: bool = 
     names = [str(n) for n in class_names]
     table = _color_table(class_colors, len(names))
     fig = go.Figure()
-    if signed:
+    angles = {n: float(a) for n, a in (directions or {}).items() if isinstance(a, (int, float)) and n in names}
+    if angles:
         wheel = colour_wheel(size)
         c = (size - 1) / 2.0
         fig.add_trace(go.Image(source=_png_data_uri(wheel), x0=-c, dx=1, y0=-c, dy=1, hoverinfo="skip",
                                name="colour wheel"))
         rest = []
         for nm, col in zip(names, table):
-            ang = class_direction(nm)
+            ang = angles.get(nm)
             if ang is None:
                 rest.append((nm, col))
                 continue

@@ -295,8 +295,12 @@ MODELS: dict[str, ModelSpec] = {
         default_input_size=48,
         description="compact CNN ensemble and linear discriminant side by side; the better by out-of-fold "
         "accuracy on your labels is kept (both when they tie)",
+        # Each pattern averaged with its 3 x 3 scan neighbours: measured with 20/50 random labels
+        # (2 seeds), external bubbles 82.3/95.9 -> 94.9/97.7 %, external mixed (2e4 e-) 53.4/65.9
+        # -> 62.8/85.4 %, demo 86.9/99.6 -> 91.9/99.6 %, hard 79.1/98.8 -> 81.4/98.6 %.
         preprocess=dict(
-            bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=1, output_size=48
+            bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=3,
+            box_mode="mean", output_size=48,
         ),
         families=("compact", "linear"),
     ),

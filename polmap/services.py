@@ -396,9 +396,10 @@ def default_classes(ds: Dataset4D, preset: str | None = None):
     gt = ds.ground_truth
     if gt is not None and gt.class_names:
         colors = gt.class_colors
+        directions = getattr(gt, "class_directions", None)
         if colors and len(colors) == len(gt.class_names):
             try:
-                return ClassSet(gt.class_names, colors)
+                return ClassSet(gt.class_names, colors, directions)
             except ValueError:
                 pass
         if list(gt.class_names) == ClassSet.signed().names:
@@ -409,6 +410,9 @@ def default_classes(ds: Dataset4D, preset: str | None = None):
         cs = ClassSet([gt.class_names[0]], ["#808080"])
         for n in gt.class_names[1:]:
             cs = cs.with_class(n)
+        if directions:
+            with contextlib.suppress(ValueError):
+                cs = cs.with_directions(directions)
         return cs if len(cs) else base
     return ClassSet.axis()
 
@@ -428,7 +432,7 @@ def set_dataset(sess: Session, ds: Dataset4D, spec: dict[str, Any], class_preset
         return
     if not sess.preprocess:
         try:
-            sess.preprocess = model_preprocess("compact")
+            sess.preprocess = model_preprocess("auto")
         except Exception:  # noqa: BLE001 - model registry not importable: core defaults
             sess.preprocess = preprocess_config({}).to_dict()
     path = workspace_path(sess, ds)
@@ -475,6 +479,27 @@ def change_classes(sess: Session, preset: str) -> None:
         raise UserError("Classes can only be switched before anything is labelled (undo or erase the labels first).")
     ws.set_labels(LabelStore(ws.dataset.scan_shape, ClassSet.preset(preset)))
     sess.active_class = min(1, len(ws.classes) - 1)
+    sess.reset_model()
+    autosave(sess)
+
+
+def directions_text(sess: Session) -> str:
+    """The declared class directions as the Train page shows them (``A=0, B=180, C=invariant``)."""
+    d = sess.classes.directions if sess.classes is not None else {}
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
+
+
+def set_class_directions(sess: Session, text: str) -> None:
+    """Declare (or clear, with empty text) the class directions, a prior that training checks."""
+    from polmap.symmetry import parse_directions
+
+    if sess.labels is None:
+        return
+    try:
+        directions = parse_directions(text.strip() or None, sess.classes.names)
+    except ValueError as exc:
+        raise UserError(f"Class directions: {exc}.") from None
+    sess.labels.set_class_directions(directions)
     sess.reset_model()
     autosave(sess)
 
@@ -936,7 +961,8 @@ def training_key(sess: Session, settings: dict[str, Any]) -> str:
     """Fingerprint + preprocessing + label hash + settings: the model cache key."""
     cfg = preprocess_config(sess.preprocess)
     blob = json.dumps(
-        [sess.dataset.fingerprint, preprocess_key(cfg), sess.labels.hash(), sess.classes.names, settings],
+        [sess.dataset.fingerprint, preprocess_key(cfg), sess.labels.hash(), sess.classes.names,
+         sess.classes.directions, settings],
         sort_keys=True,
         default=str,
     )
@@ -977,17 +1003,16 @@ def train(
         model, info = hit
         _adopt_model(sess, model, key, info, trained=False)
         return model, True
-    from polmap.train import train_model
+    from polmap.pipeline import train_on_dataset
 
     ds = sess.dataset
     pre = preprocessor(ds, sess.preprocess)
     pos, cls = sess.labels.positions_and_classes()
-    X = pre.transform_positions(ds, pos)
     cfg = train_config(settings)
     t0 = time.perf_counter()
-    model = train_model(
-        X, cls, sess.classes.names, cfg, class_colors=sess.classes.colors,
-        preprocess_state=pre.state_dict(),
+    model = train_on_dataset(
+        ds, pre, pos, cls, sess.classes.names, cfg, scan=_scan_sample(ds, pre, int(cfg.seed)),
+        directions=sess.classes.directions, class_colors=sess.classes.colors,
         provenance={"dataset_fingerprint": ds.fingerprint, "label_hash": sess.labels.hash(), "cache_key": key},
         progress=progress, groups=sess.labels.groups(),
     )
@@ -1003,6 +1028,9 @@ def train(
         "val_accuracy": rep.get("oof_accuracy"),
         "validation": rep.get("validation_note", ""),
         "warnings": [str(w) for w in rep.get("warnings", [])],
+        "assessment": rep.get("assessment") or {},
+        "family_note": rep.get("family_note", ""),
+        "symmetry": {k: (rep.get("symmetry") or {}).get(k) for k in ("summary", "mapping", "skipped", "status")},
         "preprocess": dict(sess.preprocess),
         "fingerprint": ds.fingerprint,
         "classes": sess.classes.names,
@@ -1010,6 +1038,18 @@ def train(
     reg.put(key, (model, info))
     _adopt_model(sess, model, key, info, trained=True)
     return model, False
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _scan_sample_cached(fingerprint: str, preprocess_key_: str, seed: int, _ds: Dataset4D, _pre: Any) -> Any:
+    from polmap.pipeline import scan_sample
+
+    return scan_sample(_ds, _pre, seed=seed)
+
+
+def _scan_sample(ds: Dataset4D, pre: Any, seed: int) -> Any:
+    """Preprocessed patterns of a sample of the scan (cached per dataset and preprocessing)."""
+    return _scan_sample_cached(ds.fingerprint, pre.config.key(), seed, ds, pre)
 
 
 def _adopt_model(sess: Session, model: Any, key: str, info: dict[str, Any], trained: bool) -> None:
@@ -1533,7 +1573,7 @@ def map_rgb(sess: Session, pred: Any = None, fade: float = 0.0) -> np.ndarray | 
     pred = pred if pred is not None else sess.prediction
     if pred is None:
         return None
-    return rgb_map(np.asarray(pred.probabilities), sess.classes.colors, fade=float(fade))
+    return rgb_map(np.asarray(pred.probabilities), map_colors(sess), fade=float(fade))
 
 
 
@@ -1650,13 +1690,38 @@ def probability_bars(names: list[str], colors: list[str], p: np.ndarray, height:
     return fig
 
 
+def trusted_directions(sess: Session) -> dict[str, Any]:
+    """Class directions that were declared and that the current model's training did not see contradicted."""
+    from polmap.symmetry import SymmetryMap, verified_directions
+
+    declared = sess.classes.directions if sess.classes is not None else {}
+    rep = getattr(sess.model, "report", None) or {}
+    if not declared or not rep.get("symmetry"):
+        return {}
+    try:
+        return verified_directions(SymmetryMap.from_dict(rep["symmetry"]), declared)
+    except (KeyError, ValueError):
+        return {}
+
+
+def map_colors(sess: Session) -> list[str]:
+    """Class colours of the map: the colour wheel's hue for a class whose direction is trusted, grey when
+    invariant, the class's own colour otherwise."""
+    from polmap.labels import hue_color
+
+    dirs = trusted_directions(sess)
+    out = []
+    for name, color in zip(sess.classes.names, sess.classes.colors):
+        d = dirs.get(name)
+        out.append(color if d is None else "#808080" if d == "invariant" else hue_color(float(d)))
+    return out
+
+
 def legend_figure(sess: Session) -> Any:
-    """Class colours, or the colour wheel when the classes are signed directions."""
+    """Class colours, with the colour wheel when some classes have trusted directions."""
     from polmap.maps import legend_figure as lf
 
-    names = sess.classes.names
-    signed = any(n.startswith(("+", "-")) for n in names)
-    return lf(names, sess.classes.colors, signed=signed)
+    return lf(sess.classes.names, map_colors(sess), trusted_directions(sess))
 
 
 def export_basename(sess: Session) -> str:

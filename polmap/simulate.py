@@ -156,7 +156,7 @@ def class_directions(class_set: str, mounting: np.ndarray | None = None) -> dict
             out[cs["names"][k]] = "invariant"
         else:
             v = m @ p
-            out[cs["names"][k]] = round(float(np.degrees(np.arctan2(v[0], v[1])) % 360.0), 6)
+            out[cs["names"][k]] = round(float(np.degrees(np.arctan2(v[0], v[1]))), 6) % 360.0
     return out
 
 

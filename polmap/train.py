@@ -1143,8 +1143,10 @@ def train_model(
         family_acc = {f: _accuracy(oof_kept[f], y_idx) for f in families}
         keep, family_note = _choose_families(families, family_acc, cv)
         done = [m for m in done if member_family[m] in keep]
-        with np.errstate(invalid="ignore"):
-            oof_final = np.nanmean(np.stack([oof_kept[f] for f in keep]), axis=0) if len(keep) > 1 else oof_kept[keep[0]]
+        stack = np.stack([oof_kept[f] for f in keep])
+        seen = ~np.isnan(stack)
+        # mean over the kept kinds that validated each label (NaN where none did)
+        oof_final = np.where(seen.any(0), np.where(seen, stack, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
         report = _report(
             names, counts, cv, reasons, singles, y_idx, oof_final, [member_acc[m] for m in done], augmenter, device,
             time.perf_counter() - t0, n_params, len(done), n_total, cancelled, workers,

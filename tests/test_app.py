@@ -288,6 +288,57 @@ def test_training_warnings_are_shown_on_the_train_page(env: Path) -> None:
     assert "Classes labelled in a single place" in warns and "'-y'" in warns
 
 
+def test_labels_the_model_cannot_separate_show_a_failure_not_a_success(env: Path) -> None:
+    # Labels drawn at random: whatever the training loss, out-of-fold accuracy is near chance.
+    at = _app()
+    sess = _sess(at)
+    R, C = sess.dataset.scan_shape
+    rng = np.random.default_rng(3)
+    flat = rng.choice(R * C, 40, replace=False)
+    for k in range(len(sess.classes)):
+        sel = flat[k::len(sess.classes)]
+        sess.labels.add_points(np.stack([sel // C, sel % C], 1), k, source="click")
+    _train(at)
+    assert sess.model is not None
+    assert sess.model_info["assessment"]["level"] == "failure"
+    text = " ".join(e.value for e in at.error)
+    assert "near chance" in text and "do not trust its map" in text
+    assert not any("Trained in" in s.value for s in at.success)
+
+
+def test_an_external_layout_file_shows_its_truth_and_calibration(env: Path) -> None:
+    # /data + /ground_truth (2-D) + root attributes, the layout of scans made elsewhere.
+    root = env / "data"
+    rng = np.random.default_rng(2)
+    truth = np.zeros((6, 8), np.int8)
+    truth[:, 4:] = 1
+    with h5py.File(root / "other_lab.h5", "w") as f:
+        f["data"] = rng.poisson(5, size=(6, 8, 16, 16)).astype(np.uint16)
+        f["ground_truth"] = truth
+        f.attrs["class_names"] = np.array(["P up", "P down"], dtype=object)
+        f.attrs["scan_step_nm"] = 2.0
+        f.attrs["detector_pixel_size_mrad"] = 1.0
+        f.attrs["voltage_kV"] = 200.0
+    from polmap.io import open_dataset
+
+    ds = open_dataset(root / "other_lab.h5")
+    assert ds.ground_truth.class_names == ["P up", "P down"]
+    assert ds.calibration.reciprocal_step == 1.0 and ds.calibration.reciprocal_units == "mrad"
+    assert ds.calibration.real_step == 2.0 and ds.calibration.beam_energy_kev == 200.0
+    at = _app()
+    sess = _sess(at)
+    from polmap import services as svc
+
+    svc.set_dataset(sess, ds, {"kind": "root", "path": "other_lab.h5"})
+    assert sess.classes.names == ["P up", "P down"]
+    sess.labels.add_points(np.array([[0, 0], [1, 1], [2, 2], [3, 1], [4, 0], [5, 2]]), 0)
+    sess.labels.add_points(np.array([[0, 5], [1, 6], [2, 7], [3, 5], [4, 6], [5, 7]]), 1)
+    _train(at)
+    _goto(at, "map")
+    metrics = {m.label: m.value for m in at.metric}
+    assert "Accuracy vs ground truth" in metrics
+
+
 def test_train_map_export_and_read_back(env: Path) -> None:
     from PIL import Image
 

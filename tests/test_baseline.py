@@ -76,7 +76,7 @@ def test_rule_learns_each_class_mean_vector_whatever_the_names():
     y = np.repeat(np.arange(5), 30)
     v = centres[y] + rng.normal(0, 0.08, (len(y), 2))
     params, acc = B.calibrate_rule(v[None], y[None], names)
-    np.testing.assert_allclose(np.array(params.centroids), centres, atol=0.03)
+    np.testing.assert_allclose(np.array(params.centroids), centres, atol=0.05)
     assert acc > 0.95
     # A mirrored camera mirrors the vectors: the same labels give mirrored centroids, same accuracy.
     params_m, acc_m = B.calibrate_rule((v * [1, -1])[None], y[None], names)

@@ -126,7 +126,7 @@ def test_predict_file(trained: dict) -> None:
             assert f[k].shape == (R, C)
         assert json.loads(f.attrs["class_names"]) == trained["names"]
         prov = json.loads(f.attrs["provenance"])
-    assert prov["model"]["name"] == "compact"
+    assert prov["model"]["name"] == "auto"
     assert prov["dataset"]["scan_shape"] == [R, C]
     assert prov["preprocess"]["format"] == "polmap-preprocess"
     assert prov["preprocess_note"] == "stored preprocessing"

@@ -17,7 +17,6 @@ from polmap.maps import (
     MAX_PICK_POINTS,
     PAPER_REFERENCE,
     accuracy_vs_labels_figure,
-    class_direction,
     colour_wheel,
     curves_figure,
     direction_color,
@@ -71,13 +70,6 @@ def test_direction_colours_follow_the_wheel():
     assert tuple(wheel[0, 0]) == (255, 255, 255) and tuple(wheel[32, 32]) == (0, 0, 0)
 
 
-def test_class_direction_parses_signed_names():
-    assert [class_direction(n) for n in ["+x", "-x", "+y", "-y"]] == [0.0, 180.0, 90.0, 270.0]
-    assert class_direction("+x+y") == 45.0 and class_direction("-x -y") == 225.0
-    assert class_direction("none") is None and class_direction("vertical") is None and class_direction("+x-x") is None
-
-
-# ----------------------------------------------------------------------------- rgb maps
 def test_blend_is_exact_for_one_hot_and_half_half():
     p = np.array([[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.5, 0, 0.5]]])
     out = rgb_map(p, ["#123456", "#abcdef", "#ff0000"])
@@ -308,13 +300,19 @@ def test_pattern_figure_detectors_and_calibration():
 
 
 def test_legend_figures():
-    names = ["none", "+x", "-x", "+y", "-y"]
+    # Names mean nothing: the wheel places classes by their (declared, verified) directions only.
+    names = ["c-domain", "A", "B", "C", "D"]
+    directions = {"c-domain": "invariant", "A": 0.0, "B": 180.0, "C": 90.0, "D": 270.0}
     colors = ["#808080"] + [direction_color(a) for a in (0, 180, 90, 270)]
-    fig = legend_figure(names, colors, signed=True)
+    fig = legend_figure(names, colors, directions)
     assert fig.data[0].type == "image"
     assert {a.text for a in fig.layout.annotations} == {f"<b>{n}</b>" for n in names[1:]}
-    assert [t.text[0] for t in fig.data[1:]] == ["none"]  # a swatch for the undirected class
-    plain = legend_figure(["na", "vertical", "horizontal"], RGB3)
+    a_pos = next(a for a in fig.layout.annotations if a.text == "<b>A</b>")
+    c_pos = next(a for a in fig.layout.annotations if a.text == "<b>C</b>")
+    assert a_pos.x > 0 and abs(a_pos.y) < 1e-6 and c_pos.y > 0 and abs(c_pos.x) < 1e-6
+    assert [t.text[0] for t in fig.data[1:]] == ["c-domain"]  # a swatch for the undirected class
+    # Names that look like directions draw no wheel without declared directions.
+    plain = legend_figure(["+x", "-x", "+y"], RGB3)
     assert len(plain.data) == 1 and list(plain.data[0].marker.color) == RGB3
 
 
