@@ -433,7 +433,7 @@ def discover_symmetry(
     class_names: Sequence[str],
     *,
     directions: Mapping[str, float | str] | None = None,
-    n_components: int = 40,
+    n_components: int = 20,
     seed: int = 0,
 ) -> SymmetryMap:
     """Find which detector operation maps which class onto which, from the data.
@@ -454,8 +454,14 @@ def discover_symmetry(
     directions : dict, optional
         Declared class directions (:func:`parse_directions`), a prior to verify.
     n_components : int
-        Principal components of the whitened space.
+        Principal components of the whitened space. 20 rather than the
+        linear members' 40: the neighbour distances must not be dominated by
+        whitened noise components (measured on the external bubbles scan, 20-label
+        random and adaptive sets: 40 components found the full mapping in 14 of
+        24 seed/label-set pairs, 20 components in 24 of 24, none wrong).
     seed : int
+        Seeds the cross-validation folds; the whitened space is always fitted
+        with seed 0 so that the result does not flip with the training seed.
 
     Returns
     -------
@@ -494,7 +500,7 @@ def discover_symmetry(
     n = len(lab)
     keep = np.isin(y, lab)
     yl = np.searchsorted(lab, y[keep])
-    space = WhitenedSpace(Xs, n_components, seed)
+    space = WhitenedSpace(Xs, n_components, 0)
     Z_scan = {op: space(Xs, op) for op in SYMMETRY_OPS}
     Z_lab = {op: space(X[keep], op) for op in SYMMETRY_OPS}
 

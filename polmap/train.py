@@ -870,8 +870,17 @@ def _accuracy(oof: np.ndarray, y: np.ndarray) -> float | None:
 FAMILY_TIE = 0.02
 
 
-def _choose_families(families: list[str], acc: dict[str, float | None], cv: bool) -> tuple[list[str], str]:
-    """Which families of a composite model to keep, and why (one sentence)."""
+def _choose_families(
+    families: list[str], acc: dict[str, float | None], cv: bool, n_validated: int = 0
+) -> tuple[list[str], str]:
+    """Which families of a composite model to keep, and why (one sentence).
+
+    One kind is kept alone only when it is ahead by more than the noise of
+    the out-of-fold accuracy (1.5 standard errors on ``n_validated`` labels, at
+    least :data:`FAMILY_TIE`): with 20 labels a one-label difference is no
+    evidence (measured on the external bubbles scan: the network kept alone at
+    100 vs 95 % out-of-fold mapped 92.6 % of the scan, the linear members 96.9 %).
+    """
     if len(families) == 1:
         return families, ""
     known = {f: a for f, a in acc.items() if a is not None}
@@ -879,10 +888,13 @@ def _choose_families(families: list[str], acc: dict[str, float | None], cv: bool
         return families, "no out-of-fold accuracy to choose by: all kinds of member are kept and averaged"
     ranked = sorted(known, key=lambda f: -known[f])
     best, second = ranked[0], ranked[1]
+    p = known[best]
+    tie = max(FAMILY_TIE, 1.5 * math.sqrt(max(p * (1 - p), 0.05 * 0.95) / max(n_validated, 1)))
     text = ", ".join(f"{f} {100 * known[f]:.1f} %" for f in ranked)
-    if known[best] - known[second] > FAMILY_TIE:
+    if known[best] - known[second] > tie:
         return [best], f"kept the {best} members: out-of-fold accuracy {text}"
-    return families, f"kept both kinds of member, averaged: out-of-fold accuracy {text} (within {100 * FAMILY_TIE:.0f} points)"
+    return families, (f"kept both kinds of member, averaged: out-of-fold accuracy {text} (within {100 * tie:.0f} "
+                      f"points, the noise on {n_validated} held-out labels)")
 
 
 def _fit_linear_member(
@@ -1141,7 +1153,8 @@ def train_model(
             if jobs[m].val_idx is not None:
                 oof_kept[member_family[m]][jobs[m].val_idx] = np.nan  # no kept member vouches for this fold
         family_acc = {f: _accuracy(oof_kept[f], y_idx) for f in families}
-        keep, family_note = _choose_families(families, family_acc, cv)
+        n_val = int((~np.isnan(np.stack([oof_kept[f][:, 0] for f in families]))).all(0).sum())
+        keep, family_note = _choose_families(families, family_acc, cv, n_val)
         done = [m for m in done if member_family[m] in keep]
         stack = np.stack([oof_kept[f] for f in keep])
         seen = ~np.isnan(stack)

@@ -399,10 +399,11 @@ def test_auto_trains_networks_and_linear_members_and_keeps_the_better(toy: dict[
     assert set(rep["family_oof_accuracy"]) == {"compact", "linear"}
     acc = rep["family_oof_accuracy"]
     kept = rep["families_kept"]
-    if abs(acc["compact"] - acc["linear"]) <= 0.02:
-        assert kept == ["compact", "linear"] and m.n_members == 4
-    else:
+    if len(kept) == 2:
+        assert "kept both kinds" in rep["family_note"] and m.n_members == 4
+    else:  # one kind alone only when it is clearly ahead
         assert kept == [max(acc, key=acc.get)] and m.n_members == 2
+        assert acc[kept[0]] - min(acc.values()) > 0.02
     assert "out-of-fold accuracy" in rep["family_note"]
     assert {o["model"] for o in rep["member_options"]} == set(kept)
     again = TrainedModel.from_bytes(m.to_bytes())
