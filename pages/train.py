@@ -141,7 +141,9 @@ if sess.model is not None:
     if sess.labels is not None and info.get("label_hash") and info["label_hash"] != sess.labels.hash():
         st.warning("The labels changed since this model was trained: press **Train** to update it.")
     hist = svc.model_history(sess.model)
-    if hist.get("epoch"):
+    if sess.model.history and max(len(h) for h in sess.model.history) <= 1:
+        st.caption("The members kept are linear discriminants, fitted in closed form: no training curves.")
+    elif hist.get("epoch"):
         curves.plotly_chart(svc.curves_figure(hist, final_accuracy=info.get("val_accuracy")), key="final_curves")
         st.caption("Curves: every ensemble member in turn (epochs on the x axis run on from one member to the "
                    "next); per-epoch validation accuracy is that member's held-out fold.")

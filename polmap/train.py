@@ -1163,7 +1163,7 @@ def train_model(
         report = _report(
             names, counts, cv, reasons, singles, y_idx, oof_final, [member_acc[m] for m in done], augmenter, device,
             time.perf_counter() - t0, n_params, len(done), n_total, cancelled, workers,
-            [member_opts[m] for m in done],
+            [member_opts[m] for m in done], n_folds=n_members,
         )
         if len(families) > 1:
             report["family_oof_accuracy"] = {f: (None if a is None else round(a, 4)) for f, a in family_acc.items()}
@@ -1173,6 +1173,7 @@ def train_model(
         report["warnings"] += [f"symmetry: {m}" for m in symmetry.messages]
         report["member_fit_accuracy"] = [round(float(fit_acc[m]), 4) for m in done]
         report["assessment"] = assess(report)
+        dropped = {m for m in dropped if member_family[m] in keep}  # the other kind is gone anyway
         report["dropped_members"] = [
             {"member": m, "options": member_opts[m], "fit_accuracy": round(float(fit_acc[m]), 4),
              "best_fit_accuracy": round(float(best_fit[member_family[m]]), 4),
@@ -1356,8 +1357,10 @@ def _report(
     cancelled: bool,
     workers: int,
     member_opts: list[dict[str, Any]],
+    n_folds: int | None = None,
 ) -> dict[str, Any]:
     K = len(names)
+    n_folds = n_folds or n_members
     rep: dict[str, Any] = {
         "n_labels": int(len(y)),
         "label_counts": {names[k]: int(counts[k]) for k in range(K)},
@@ -1379,7 +1382,7 @@ def _report(
         done = ~np.isnan(oof[:, 0])
         rep["validation"] = "cross-validation"
         rep["validation_note"] = (
-            f"{n_members}-fold stratified cross-validation: member k never trained on fold k, so the "
+            f"{n_folds}-fold stratified cross-validation: member k never trained on fold k, so the "
             "out-of-fold predictions give an honest accuracy for every validated label; a painted region is "
             "held out whole "
             "(validation did not choose the stopping epoch either)"
