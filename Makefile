@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_labels.py
 	$(BIN)/python benchmarks/bench_paper_preprocessing.py
+	$(BIN)/python benchmarks/bench_external.py
 
 demo: $(STAMP)
 	$(BIN)/polmap simulate --preset demo --out demo.h5

@@ -36,7 +36,8 @@ def _open_and_set(path: Path, kind: str, label: str) -> None:
 src_demo, src_upload, src_folder = st.tabs(["Demo", "Upload", "Data folder"])
 
 with src_demo:
-    presets = ["demo", "small", "tiny", "stripes_90", "domains_180", "bubbles", "flux_closure", "paper_axis"]
+    presets = ["demo", "small", "tiny", "hard", "weak", "weak_anonymous", "stripes_90", "domains_180", "bubbles", "flux_closure",
+               "paper_axis"]
     default = svc.demo_preset()
     if default not in presets:
         presets.insert(0, default)

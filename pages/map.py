@@ -139,18 +139,17 @@ with st.expander("Compare with the conventional centre-of-mass / Friedel map", e
                 conv = svc.conventional(sess, signal, g, rad)
             v1, v2, v3 = st.columns(3)
             v1.plotly_chart(svc.scan_figure(ds, svc.map_rgb(sess, pred), sess=sess, show_labels=False, height=320,
-                                            title="CNN map"), key="conv_cnn")
+                                            title="model's map"), key="conv_cnn")
             v2.plotly_chart(svc.scan_figure(ds, conv["rgb"], sess=sess, show_labels=False, height=320,
                                             title=f"{signal}: direction (colour wheel)"), key="conv_dir")
             if "class_rgb" in conv:
                 v3.plotly_chart(svc.scan_figure(ds, conv["class_rgb"], sess=sess, show_labels=False, height=320,
                                                 title="rule classes"), key="conv_cls")
-                msg = "Rule: direction → nearest class, small → none"
-                msg += "; sign and threshold fitted to your labels" if len(sess.labels) else " (uncalibrated)"
+                msg = "Rule: the class whose mean vector (learnt from your labels) is nearest"
                 if conv.get("accuracy") is not None:
                     msg += f". Accuracy vs ground truth: **{conv['accuracy']:.1%}**"
                 if acc is not None:
-                    msg += f" (CNN: **{acc['accuracy']:.1%}**)"
+                    msg += f" (model: **{acc['accuracy']:.1%}**)"
                 st.markdown(msg + ".")
             elif conv.get("note"):
                 v3.info(conv["note"])
