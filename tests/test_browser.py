@@ -326,7 +326,7 @@ def _whole_loop(page, url: str, truth: np.ndarray) -> None:
     path = dl.value.path()
     assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # -- the conventional centre-of-mass / Friedel map beside the CNN map ------------
+    # -- the conventional centre-of-mass / Friedel map beside the model's map --------
     _settle(page)
     page.get_by_text("Compare with the conventional centre-of-mass / Friedel map").click()
     toggle = page.locator(".st-key-conv_on input[type='checkbox']").first
@@ -337,7 +337,7 @@ def _whole_loop(page, url: str, truth: np.ndarray) -> None:
         if toggle.is_checked():
             break
     assert toggle.is_checked(), "the 'Compute the conventional map' switch did not turn on"
-    page.get_by_text("Rule: direction").wait_for(timeout=120000)
+    page.get_by_text("Rule: the class whose mean vector").wait_for(timeout=120000)
     _no_traceback(page)
     _settle(page, 1)
     page.get_by_text("Compare with the conventional centre-of-mass / Friedel map").evaluate(
