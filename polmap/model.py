@@ -288,6 +288,12 @@ class ModelSpec:
     families: tuple[str, ...] = ()
 
 
+#: Centred, sqrt-scaled 48 px patterns, each averaged with its 3 x 3 scan neighbours.
+_BOXED_48: dict[str, Any] = dict(
+    bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=3, box_mode="mean",
+    output_size=48,
+)
+
 #: Registered architectures by name.
 MODELS: dict[str, ModelSpec] = {
     "auto": ModelSpec(
@@ -298,10 +304,7 @@ MODELS: dict[str, ModelSpec] = {
         # Each pattern averaged with its 3 x 3 scan neighbours: measured with 20/50 random labels
         # (2 seeds), external bubbles 82.3/95.9 -> 94.9/97.7 %, external mixed (2e4 e-) 53.4/65.9
         # -> 62.8/85.4 %, demo 86.9/99.6 -> 91.9/99.6 %, hard 79.1/98.8 -> 81.4/98.6 %.
-        preprocess=dict(
-            bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=3,
-            box_mode="mean", output_size=48,
-        ),
+        preprocess=_BOXED_48,
         families=("compact", "linear"),
     ),
     "compact": ModelSpec(
@@ -322,10 +325,7 @@ MODELS: dict[str, ModelSpec] = {
         builder=LinearDiscriminant,
         default_input_size=48,
         description="linear discriminant in a whitened principal-component space of the scan (closed form)",
-        preprocess=dict(
-            bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=3,
-            box_mode="mean", output_size=48,
-        ),
+        preprocess=_BOXED_48,
     ),
     "paper": ModelSpec(
         builder=ThreeLayerCnn,

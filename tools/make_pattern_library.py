@@ -297,6 +297,19 @@ def unfold(reduced: np.ndarray, tilt_idx: np.ndarray, ops: np.ndarray, n_half: i
     return full / count
 
 
+def _probe_setup(orientation: str, n_lat: int, thickness_cells: int, sampling: float, alpha: float):
+    """A static-lattice n_lat x n_lat supercell, its potential and a probe of semi-angle ``alpha``."""
+    cell, height, spc = unit_cell(orientation)
+    gx = n_lat * _gpts(cell.cell[0, 0], sampling)
+    gy = n_lat * _gpts(cell.cell[1, 1], sampling)
+    lx, ly = cell.cell[0, 0] * n_lat, cell.cell[1, 1] * n_lat
+    atoms = cell * (n_lat, n_lat, thickness_cells)
+    pot = abtem.Potential(atoms, gpts=(gx, gy), slice_thickness=height / spc, projection="infinite", parametrization="lobato")
+    lam = energy2wavelength(ENERGY_EV)
+    probe = abtem.Probe(energy=ENERGY_EV, semiangle_cutoff=alpha, extent=(lx, ly), gpts=(gx, gy))
+    return cell, gx, gy, lx, ly, pot, lam, probe
+
+
 def validate_cbed(orientation: str, thickness_cells: int, sampling: float, log=print) -> dict:
     """Check the library convention against a direct abTEM CBED simulation.
 
@@ -306,15 +319,8 @@ def validate_cbed(orientation: str, thickness_cells: int, sampling: float, log=p
     (``A`` = the probe's aperture function, from the same probe in vacuum). Also
     reports the mismatch with the tilt sign flipped, to show the check can tell.
     """
-    cell, height, spc = unit_cell(orientation)
     n_lat = 12
-    gx = n_lat * _gpts(cell.cell[0, 0], sampling)
-    gy = n_lat * _gpts(cell.cell[1, 1], sampling)
-    lx, ly = cell.cell[0, 0] * n_lat, cell.cell[1, 1] * n_lat
-    atoms = cell * (n_lat, n_lat, thickness_cells)
-    pot = abtem.Potential(atoms, gpts=(gx, gy), slice_thickness=height / spc, projection="infinite", parametrization="lobato")
-    lam = energy2wavelength(ENERGY_EV)
-    probe = abtem.Probe(energy=ENERGY_EV, semiangle_cutoff=2.5, extent=(lx, ly), gpts=(gx, gy))
+    cell, gx, gy, lx, ly, pot, lam, probe = _probe_setup(orientation, n_lat, thickness_cells, sampling, 2.5)
     pos = abtem.CustomScan([lx / 3.1, ly / 2.7])  # any position: disks do not overlap
     psi = np.asarray(probe.multislice(pot, scan=pos).compute(progress_bar=False).array).reshape(gx, gy)
     vac = np.asarray(probe.build(scan=pos).compute(progress_bar=False).array).reshape(gx, gy)
@@ -360,15 +366,8 @@ def validate_pacbed(orientation: str, thickness_cells: int, sampling: float, alp
     ``polmap.simulate`` renders: averaging over the probe positions of a unit
     cell cancels the interference between overlapping disks.
     """
-    cell, height, spc = unit_cell(orientation)
     n_lat = 8
-    gx = n_lat * _gpts(cell.cell[0, 0], sampling)
-    gy = n_lat * _gpts(cell.cell[1, 1], sampling)
-    lx, ly = cell.cell[0, 0] * n_lat, cell.cell[1, 1] * n_lat
-    atoms = cell * (n_lat, n_lat, thickness_cells)
-    pot = abtem.Potential(atoms, gpts=(gx, gy), slice_thickness=height / spc, projection="infinite", parametrization="lobato")
-    lam = energy2wavelength(ENERGY_EV)
-    probe = abtem.Probe(energy=ENERGY_EV, semiangle_cutoff=alpha, extent=(lx, ly), gpts=(gx, gy))
+    cell, gx, gy, lx, ly, pot, lam, probe = _probe_setup(orientation, n_lat, thickness_cells, sampling, alpha)
     ax, ay = cell.cell[0, 0], cell.cell[1, 1]
     pts = [[lx / 2 + ax * (i + 0.5) / 4, ly / 2 + ay * (j + 0.5) / 4] for i in range(4) for j in range(4)]
     psi = np.asarray(probe.multislice(pot, scan=abtem.CustomScan(pts)).compute(progress_bar=False).array)
