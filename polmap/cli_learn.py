@@ -211,6 +211,11 @@ def _train(args: argparse.Namespace) -> int:
         pre = Preprocessor(PreprocessConfig(**pre_cfg)).fit(ds)
         prep_s = time.perf_counter() - t0
         directions = parse_directions(args.directions, store.classes.names)
+        declared = getattr(ds.ground_truth, "class_directions", None) or {}
+        if args.directions is None and declared:
+            # the data file declares its classes' directions: a prior, checked in training like a user's
+            directions = {k: v for k, v in declared.items() if k in store.classes.names}
+            _say(args, f"class directions declared by {args.data}: {directions} (checked against the labels)")
         overrides = _read_json_arg(args.train, "--train")
         base = TrainConfig().to_dict()
         for k in ("epochs", "seed"):
@@ -595,7 +600,8 @@ def register(subparsers: Any) -> None:
                    help="auto (default: compact networks and linear discriminants, the better kept), compact, linear or paper")
     p.add_argument("--directions", default=None, metavar="CLASS=ANGLE,...",
                    help="declared class directions on the detector (degrees from +column towards +row, or "
-                        "'invariant'), e.g. 'up=270,down=90,c=invariant': a prior that the data must confirm")
+                        "'invariant'), e.g. 'up=270,down=90,c=invariant': a prior that the data must confirm "
+                        "(default: the directions the data file declares, if any; '' for none)")
     p.add_argument("--out", required=True, metavar="FILE", help="checkpoint to write (e.g. model.pt)")
     p.add_argument("--epochs", type=int, default=None, help="most epochs per member")
     p.add_argument("--members", type=int, default=None, help="ensemble size / cross-validation folds")

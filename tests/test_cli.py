@@ -205,6 +205,33 @@ def test_train_keeps_a_painted_region_in_one_fold(tiny: dict, tmp_path: Path, ca
     assert "warning: classes labelled in a single place" in err and repr(top) in err  # said, not only stored
 
 
+def test_train_reports_the_symmetry_and_checks_declared_directions(
+    tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from polmap.train import TrainedModel
+
+    # The tiny file declares its classes' directions; training says so and checks them.
+    rc, out, err = run(["train", "--data", tiny["data"], "--labels", tiny["labels"], "--out", str(tmp_path / "d.pt"),
+                        *FAST], capsys)
+    assert rc == 0, err
+    assert "class directions declared by" in err and "symmetry:" in err
+    rep = TrainedModel.load(tmp_path / "d.pt").report
+    assert rep["symmetry"]["status"] in ("declared", "found", "none")
+    # Directions that turn +x and -x around (a mirrored camera, say) are contradicted or left unused, never
+    # silently trusted: the arrows used for flip_cols are never +x -> +x.
+    rc, out, err = run(["train", "--data", tiny["data"], "--labels", tiny["labels"], "--out", str(tmp_path / "w.pt"),
+                        "--directions", "none=invariant,+x=90,-x=270,+y=0,-y=180", *FAST], capsys)
+    assert rc == 0, err
+    sym = TrainedModel.load(tmp_path / "w.pt").report["symmetry"]
+    names = sym["class_names"]
+    flip = sym["arrows"].get("flip_cols")
+    assert flip is None or flip[names.index("+x")] != names.index("+x")
+    # none given: the file's declaration is not used either
+    rc, out, err = run(["train", "--data", tiny["data"], "--labels", tiny["labels"], "--out", str(tmp_path / "n.pt"),
+                        "--directions", "", *FAST], capsys)
+    assert rc == 0 and "class directions declared by" not in err
+
+
 # ---------------------------------------------------------------------------------
 # errors: one line, exit code 2
 # ---------------------------------------------------------------------------------
