@@ -6,7 +6,7 @@ network as baselines) on each preset and writes, per preset,
 ``benchmarks/results/labels_<preset>.{json,md,png}``, plus
 ``benchmarks/results/labels_summary.md`` that checks the targets of issue 3:
 
-* compact network + adaptive sampling: >= 98 % whole-scan accuracy at 50
+* default model + adaptive sampling: >= 98 % whole-scan accuracy at 50
   labels and >= 95 % at 20 (mean over seeds), better than random at 20 and
   50 labels (whole scan and near walls);
 * far better than the conventional centre-of-mass / Friedel map;

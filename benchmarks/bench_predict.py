@@ -1,6 +1,6 @@
 """Whole-scan inference speed: preprocessing, network, and both together.
 
-Trains the default (compact) ensemble on 50 true labels of the demo scan,
+Trains the default (``auto``) model on 50 true labels of the demo scan as the app does,
 then times, each ``--repeats`` times (the best run is reported):
 
 * ``preprocess``: ``Preprocessor.iter_transformed`` over the whole scan alone;
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     from polmap import simulate
     from polmap.io import open_dataset
     from polmap.model import build_model, default_preprocess
+    from polmap.pipeline import train_on_dataset
     from polmap.predict import predict_scan
     from polmap.preprocess import PreprocessConfig, Preprocessor
-    from polmap.train import TrainConfig, train_model
+    from polmap.train import TrainConfig
 
     print(f"load average before: {os.getloadavg()}; torch threads {torch.get_num_threads()}")
     ds = open_dataset(simulate.demo_path(preset=args.preset))
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     flat = rng.choice(n, 50, replace=False)
     pos = np.stack([flat // C, flat % C], 1)
-    pre = Preprocessor(PreprocessConfig(**default_preprocess("compact"))).fit(ds)
-    model = train_model(pre.transform_positions(ds, pos), truth[pos[:, 0], pos[:, 1]], names,
-                        TrainConfig(seed=0), preprocess_state=pre.state_dict())
+    cfg = TrainConfig(seed=0)
+    pre = Preprocessor(PreprocessConfig(**default_preprocess(cfg.model))).fit(ds)
+    model = train_on_dataset(ds, pre, pos, truth[pos[:, 0], pos[:, 1]], names, cfg)
     print(f"scan {R} x {C} ({n} patterns), detector {ds.detector_shape}, {model.n_members} members, "
           f"input {model.input_size} px")
 
