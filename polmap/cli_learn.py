@@ -473,7 +473,8 @@ def _export(args: argparse.Namespace) -> int:
         u = arrays.get("entropy")
         if u is None:
             raise ValueError(f"{args.pred} holds no entropy map")
-        u = np.clip(np.nan_to_num(u / max(np.log(len(names)), 1e-12)), 0, 1)
+        # Stored already divided by log K (predict.py): 0 certain, 1 uniform.
+        u = np.clip(np.nan_to_num(u, nan=1.0), 0, 1)
         export_png(u.astype(np.float64), args.uncertainty_png, scale=args.scale)
         written.append(args.uncertainty_png)
     if args.csv:

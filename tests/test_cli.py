@@ -146,7 +146,22 @@ def test_export_png_and_csv(trained: dict, tmp_path: Path, capsys: pytest.Captur
     assert len(rows) == R * C
     assert set(rows[0]) >= {"row", "col", "class", "entropy", "margin"} | {f"p_{n}" for n in trained["names"]}
     assert all(r["class"] in trained["names"] for r in rows)
-    assert upng.exists()
+    from polmap.maps import rgb_map
+
+    with h5py.File(trained["pred"], "r") as f:
+        ent, probs = f["entropy"][()], f["probabilities"][()]
+        colors = json.loads(f.attrs["class_colors"])
+    with Image.open(png) as im:
+        rgb = np.asarray(im.convert("RGB"))[::2, ::2].astype(int)
+    # the PNG is the blend of the stored probabilities, pixel for pixel
+    want = np.asarray(rgb_map(probs, colors, mode="blend", fade=0.0))[..., :3].astype(int)
+    assert np.abs(rgb - want).max() <= 1
+    with Image.open(upng) as im:
+        u = np.asarray(im.convert("L"))[::2, ::2].astype(float) / 255
+    # the normalised entropy, as stored, not divided by log K a second time
+    assert u.shape == ent.shape
+    assert np.abs(u - np.nan_to_num(ent, nan=1.0)).max() <= 1 / 255 + 1e-6
+    assert u.max() == pytest.approx(float(np.nanmax(ent)), abs=1 / 255)
 
 
 def test_suggest_prints_positions(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
