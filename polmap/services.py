@@ -59,10 +59,9 @@ class UserError(Exception):
     """Something the user can fix; its message is shown as it is."""
 
 
-# Errors caused by input: shown with st.error, the session lives on.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, DatasetError, ValueError, FileNotFoundError, KeyError, IndexError, OSError, TypeError,
-)
+# Errors caused by input: their message is shown, the session lives on. TypeError,
+# KeyError and IndexError are programming errors here: logged with their traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, DatasetError, ValueError, FileNotFoundError, OSError)
 
 
 # ======================================================================================
