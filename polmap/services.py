@@ -432,7 +432,8 @@ def set_dataset(sess: Session, ds: Dataset4D, spec: dict[str, Any], class_preset
     if not sess.preprocess:
         try:
             sess.preprocess = model_preprocess("auto")
-        except Exception:  # noqa: BLE001 - model registry not importable: core defaults
+        except Exception:  # noqa: BLE001 - model registry not importable: core defaults, logged
+            log.error("the default model's preprocessing is unavailable; core defaults used\n%s", traceback.format_exc())
             sess.preprocess = preprocess_config({}).to_dict()
     path = workspace_path(sess, ds)
     if path.exists():
@@ -451,9 +452,16 @@ def set_dataset(sess: Session, ds: Dataset4D, spec: dict[str, Any], class_preset
     sess.selected = (ds.scan_shape[0] // 2, ds.scan_shape[1] // 2)
     sess.active_class = min(1, len(ws.classes) - 1)
     sess.canvas_nonce += 1
-    # A model already stored in this workspace comes back too.
-    with contextlib.suppress(Exception):
+    # A model already stored in this workspace comes back too; if it cannot, say so (the labels are kept).
+    try:
         restore_model(sess)
+    except USER_ERRORS as exc:
+        sess.flash("warning", f"The model stored in {ws.path.name} was not restored: {format_error(exc)} "
+                              "Your labels are kept; train again on the Train page.")
+    except Exception as exc:  # noqa: BLE001 - any failure of a stored file must not lose the dataset
+        log.error("restoring the stored model of %s failed\n%s", ws.path, traceback.format_exc())
+        sess.flash("warning", f"The model stored in {ws.path.name} could not be restored "
+                              f"({type(exc).__name__}: {exc}). Your labels are kept; train again on the Train page.")
 
 
 def ensure_dataset(sess: Session) -> None:

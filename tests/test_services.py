@@ -37,3 +37,27 @@ def test_programming_errors_are_logged_with_traceback_and_not_dressed_as_user_er
     assert "Your labels are saved" in shown[0]
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "Traceback (most recent call last)" in logged and type(exc).__name__ in logged
+
+
+def test_a_stored_model_that_cannot_be_restored_is_reported_and_the_labels_kept(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+
+    from polmap.io import open_dataset
+
+    monkeypatch.setenv("POLMAP_WORKSPACE_DIR", str(tmp_path / "ws"))
+    np.save(tmp_path / "scan.npy", np.random.default_rng(0).poisson(5, size=(6, 8, 16, 16)).astype(np.uint16))
+    sess = svc.Session()
+    svc.set_dataset(sess, open_dataset(str(tmp_path / "scan.npy")), {"kind": "file"})
+    sess.workspace.labels.add_point(2, 3, 0)
+    sess.workspace.add_model(svc.MODEL_NAME, b"not a checkpoint", {"key": "k"})
+    sess.workspace.save()
+
+    again = svc.Session(id=sess.id)  # the same browser session after a restart
+    with caplog.at_level(logging.ERROR):
+        svc.set_dataset(again, open_dataset(str(tmp_path / "scan.npy")), {"kind": "file"})
+    assert again.model is None
+    warnings = [t for k, t in again.messages if k == "warning"]
+    assert len(warnings) == 1 and "was not restored" in warnings[0] and "checkpoint" in warnings[0]
+    assert "labels are kept" in warnings[0]
+    assert again.workspace.labels.label_at(2, 3) is not None
