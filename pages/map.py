@@ -103,9 +103,7 @@ with lc:
     st.plotly_chart(svc.legend_figure(sess), key="map_legend", config={"displayModeBar": False})
 with ac:
     acc = svc.accuracy(sess, pred)
-    counts = np.bincount(np.asarray(pred.label_map).ravel(), minlength=len(names))
-    st.markdown("**Predicted area**: " + ", ".join(f"{svc.swatch(c)}{n} {v / counts.sum():.0%}"
-                                                  for n, c, v in zip(names, colors, counts)), unsafe_allow_html=True)
+    st.markdown(svc.predicted_area_markdown(names, colors, pred), unsafe_allow_html=True)
     if acc is not None:
         m = st.columns(4)
         m[0].metric("Accuracy vs ground truth", f"{acc['accuracy']:.1%}", help=f"{acc['n']} positions with known truth")

@@ -1573,6 +1573,20 @@ def swatch(color: str, size: int = 12) -> str:
             f'border:1px solid #555;border-radius:2px;vertical-align:middle;margin-right:4px"></span>')
 
 
+def predicted_area_markdown(names: list[str], colors: list[str], pred: Any) -> str:
+    """One line of class swatches with the share of the predicted positions in each class.
+
+    Positions not (yet) predicted (label -1) are left out of the shares and counted apart.
+    """
+    fractions = pred.class_fractions()
+    lm = np.asarray(pred.label_map)
+    text = "**Predicted area**: " + ", ".join(f"{swatch(c)}{n} {fractions.get(n, 0.0):.0%}" for n, c in zip(names, colors))
+    missing = int((lm < 0).sum())
+    if missing:
+        text += f" ({missing} of {lm.size} positions not predicted)"
+    return text
+
+
 def map_rgb(sess: Session, pred: Any = None, fade: float = 0.0) -> np.ndarray | None:
     """``(R, C, 3)`` uint8 RGB polarization map of a prediction (class colours weighted by probability)."""
     from polmap.maps import rgb_map

@@ -61,3 +61,17 @@ def test_a_stored_model_that_cannot_be_restored_is_reported_and_the_labels_kept(
     assert len(warnings) == 1 and "was not restored" in warnings[0] and "checkpoint" in warnings[0]
     assert "labels are kept" in warnings[0]
     assert again.workspace.labels.label_at(2, 3) is not None
+
+
+def test_predicted_area_leaves_out_positions_not_yet_predicted() -> None:
+    import numpy as np
+
+    from polmap.predict import Prediction
+
+    lm = np.array([[0, 0, 1], [1, 1, -1]], dtype=np.int16)
+    nan = np.full(lm.shape, np.nan, dtype=np.float32)
+    pred = Prediction(probabilities=np.full(lm.shape + (2,), 0.5, np.float32), label_map=lm, entropy=nan, margin=nan,
+                      disagreement=nan, class_names=["P1", "P2"])
+    text = svc.predicted_area_markdown(["P1", "P2"], ["#ff0000", "#0000ff"], pred)
+    assert "P1 40%" in text and "P2 60%" in text
+    assert "(1 of 6 positions not predicted)" in text
