@@ -401,7 +401,8 @@ class _Picker:
 
     def add(self, idx: int, score: float, reason: str) -> None:
         idx = int(idx)
-        assert self.free[idx]
+        if not self.free[idx]:
+            raise RuntimeError(f"position {idx} picked twice (a polmap bug)")
         self.free[idx] = False
         self.flat.append(idx)
         self.scores.append(float(score))
@@ -771,7 +772,8 @@ def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, poo
         out[rows.start * C : rows.stop * C] = f
         if progress is not None:
             progress(rows.stop, R)
-    assert out is not None
+    if out is None:
+        raise ValueError(f"{getattr(dataset, 'name', 'the dataset')}: no patterns to compute features from")
     return out
 
 
@@ -949,7 +951,8 @@ def suggest_detailed(
     out = fn(ctx, **params)
     # The contract, checked once here rather than trusted in five places.
     n = len(out.positions)
-    assert n == ctx.n or (strategy == "bisection" and params.get("fill") == "none" and n <= ctx.n), (strategy, n, ctx.n)
+    if not (n == ctx.n or (strategy == "bisection" and params.get("fill") == "none" and n <= ctx.n)):
+        raise RuntimeError(f"strategy {strategy!r} returned {n} positions for a budget of {ctx.n} (a polmap bug)")
     return out
 
 

@@ -453,3 +453,14 @@ def test_dataset_features_chunked_equal_the_whole_scan_at_once():
     X = pre.transform_positions(ds, np.stack([rr.ravel(), cc.ravel()], 1))
     assert f.shape[0] == R * C
     np.testing.assert_allclose(f, pattern_features(X), rtol=1e-5, atol=1e-6)
+
+
+def test_a_strategy_that_breaks_the_budget_contract_raises_even_under_python_O(monkeypatch) -> None:
+    import polmap.sampling as sampling
+
+    def short(ctx):  # one position fewer than asked for
+        return Suggestion(np.array([[0, 0]]), np.array([0.0]), ("random",), "random", "", {})
+
+    monkeypatch.setitem(sampling._IMPL, "random", short)
+    with pytest.raises(RuntimeError, match="returned 1 positions for a budget of 3"):
+        suggest_detailed("random", SHAPE, None, None, 3)
