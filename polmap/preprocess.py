@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -45,6 +44,7 @@ import numpy as np
 import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
 
+from polmap import settings
 from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D, DatasetError
 from polmap.virtual import _iter_blocks, disk_centres, find_beam
 
@@ -79,20 +79,7 @@ STATE_VERSION = 1
 _WORK_BYTES = 4 * 2**20
 
 
-def _n_threads() -> int:
-    """Worker threads: ``POLMAP_THREADS`` if set, else the usable cores (at most 8)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    try:
-        n = int(os.environ.get("POLMAP_THREADS", n))
-    except ValueError:
-        pass
-    return max(1, min(8, n))
-
-
-_N_THREADS = _n_threads()
+_N_THREADS = settings.worker_threads()
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 

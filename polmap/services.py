@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import streamlit as st
 
+from polmap import settings
 from polmap.dataset import Dataset4D, DatasetError
 
 log = logging.getLogger("polmap.app")
@@ -67,34 +68,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, DatasetError, ValueEr
 # ======================================================================================
 # configuration
 # ======================================================================================
-def data_root() -> Path:
-    """Directory the file picker may read (env ``POLMAP_DATA_ROOT``, default ``./data``)."""
-    return Path(os.environ.get("POLMAP_DATA_ROOT", "data")).expanduser().resolve()
-
-
-def workspace_dir() -> Path:
-    """Directory of the per-session workspace files and uploads.
-
-    Env ``POLMAP_WORKSPACE_DIR``; default ``$XDG_DATA_HOME/polmap/workspaces``
-    (``~/.local/share/polmap/workspaces``), outside the source tree.
-    """
-    default = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "polmap" / "workspaces"
-    d = Path(os.environ.get("POLMAP_WORKSPACE_DIR") or default).expanduser().resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def demo_preset() -> str:
-    """Simulation preset of the embedded demo (env ``POLMAP_DEMO_PRESET``, default ``demo``)."""
-    return os.environ.get("POLMAP_DEMO_PRESET", "demo")
-
-
-def max_upload_mb() -> int:
-    """Largest upload accepted, in MB (env ``POLMAP_MAX_UPLOAD_MB``, default 500)."""
-    try:
-        return max(1, int(os.environ.get("POLMAP_MAX_UPLOAD_MB", "500")))
-    except ValueError:
-        return 500
+# The environment is read in polmap.settings (one place for the app, the CLI and the benchmarks).
+data_root = settings.data_root
+workspace_dir = settings.workspace_dir
+demo_preset = settings.demo_preset
+max_upload_mb = settings.max_upload_mb
 
 
 def resolve_in_root(relative: str, root: Path | None = None) -> Path:

@@ -44,6 +44,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from polmap import settings
+
 __all__ = [
     "CLASS_SETS",
     "PHYSICAL_CLASSES",
@@ -481,17 +483,9 @@ def _render_group(
     _run_chunks(work, len(thickness), chunk)
 
 
-def _n_threads() -> int:
-    """Worker threads for chunked numpy work (numpy releases the GIL in its kernels)."""
-    env = os.environ.get("POLMAP_THREADS")
-    if env:
-        return max(1, int(env))
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def _run_chunks(fn: Callable[[slice], None], n: int, chunk: int) -> None:
     slices = [slice(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    workers = min(_n_threads(), len(slices))
+    workers = min(settings.worker_threads(), len(slices))
     if workers <= 1:
         for sl in slices:
             fn(sl)
@@ -1300,8 +1294,7 @@ def write_h5(scan: SimulatedScan, path: str | os.PathLike) -> Path:
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    env = os.environ.get("POLMAP_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "polmap"
+    return settings.cache_dir()
 
 
 def demo_path(cache_dir: str | os.PathLike | None = None, *, preset: str = "demo", seed: int | None = None) -> Path:
