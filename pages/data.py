@@ -36,8 +36,7 @@ def _open_and_set(path: Path, kind: str, label: str) -> None:
 src_demo, src_upload, src_folder = st.tabs(["Demo", "Upload", "Data folder"])
 
 with src_demo:
-    presets = ["demo", "small", "tiny", "hard", "weak", "weak_anonymous", "stripes_90", "domains_180", "bubbles", "flux_closure",
-               "paper_axis"]
+    presets = svc.demo_presets()
     default = svc.demo_preset()
     if default not in presets:
         presets.insert(0, default)
@@ -147,8 +146,8 @@ with st.expander("Classes", expanded=False):
     st.markdown(" ".join(f"{svc.swatch(c)}{n}" for n, c in zip(cls.names, cls.colors)), unsafe_allow_html=True)
     c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
     preset = c1.selectbox(
-        "Switch to a preset (only before labelling)", ["axis", "signed"],
-        format_func=lambda p: {"axis": "axis: na, vertical, horizontal (the paper's)", "signed": "signed: none, +x, -x, +y, -y"}[p],
+        "Switch to a preset (only before labelling)", list(svc.CLASS_PRESETS),
+        format_func=svc.CLASS_PRESETS.get,
         key="class_preset",
     )
     if c2.button("Use these classes", key="apply_classes"):
@@ -188,19 +187,18 @@ with st.expander("Preprocessing (what the network sees)", expanded=True):
         a1, a2 = st.columns(2)
         bin_factor = a1.number_input("Bin factor", 1, 16, int(p.get("bin_factor", 1)))
         crop = a2.number_input("Crop radius (px after binning, 0 = none)", 0, 4096, int(p.get("crop_radius") or 0))
-        centrings = ["disk", "plane", "none", "com"]
-        centring = a1.selectbox("Centring (descan)", centrings, index=centrings.index(p.get("centring", "disk")) if p.get("centring", "disk") in centrings else 0)
-        scalings = ["sqrt", "log", "none"]
-        scaling = a2.selectbox("Scaling", scalings, index=scalings.index(p.get("scaling", "sqrt")) if p.get("scaling", "sqrt") in scalings else 0)
-        norms = ["max", "minmax", "sum", "none"]
-        normalise = a1.selectbox("Normalise", norms, index=norms.index(p.get("normalise", "max")) if p.get("normalise", "max") in norms else 0)
+        opts = svc.preprocess_options(p)
+        centring = a1.selectbox("Centring (descan)", **opts["centring"])
+        scaling = a2.selectbox("Scaling", **opts["scaling"])
+        normalise = a1.selectbox("Normalise", **opts["normalise"])
         boxing = a2.number_input("Boxing k (odd; paper: 5)", 1, 15, int(p.get("boxing", 1)), step=2)
+        box_mode = a1.selectbox("Boxing mode", **opts["box_mode"], help="max: the paper's max-pooling; mean: an average")
         out_size = a1.number_input("Output size (px)", 8, 512, int(p.get("output_size") or 64))
         submitted = st.form_submit_button("Apply preprocessing")
     if submitted:
         with svc.guarded("Preprocessing"):
             new = dict(p, bin_factor=int(bin_factor), crop_radius=int(crop) or None, centring=centring, scaling=scaling,
-                       normalise=normalise, boxing=int(boxing), output_size=int(out_size))
+                       normalise=normalise, boxing=int(boxing), box_mode=box_mode, output_size=int(out_size))
             svc.set_preprocess(sess, new)
             st.rerun()
     with cprev:

@@ -59,6 +59,13 @@ def hue_color(angle_deg: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(round(v * 255)) for v in (r, g, b)))
 
 
+# The class presets, with what each holds (the app lists them from here).
+CLASS_PRESETS: dict[str, str] = {
+    "signed": "signed: none, +x, -x, +y, -y",
+    "axis": "axis: na, vertical, horizontal (the paper's)",
+}
+
+
 class ClassSet:
     """The named, coloured classes a scan is labelled with.
 
@@ -127,11 +134,10 @@ class ClassSet:
 
     @classmethod
     def preset(cls, name: str) -> "ClassSet":
-        """A preset by name: ``"signed"`` or ``"axis"``."""
-        presets = {"signed": cls.signed, "axis": cls.axis}
-        if name not in presets:
-            raise ValueError(f"unknown class preset {name!r}; choose one of {sorted(presets)}")
-        return presets[name]()
+        """A preset by name, one of :data:`CLASS_PRESETS`."""
+        if name not in CLASS_PRESETS:
+            raise ValueError(f"unknown class preset {name!r}; choose one of {sorted(CLASS_PRESETS)}")
+        return getattr(cls, name)()
 
     # -- access ---------------------------------------------------------------------
     @property

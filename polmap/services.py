@@ -44,6 +44,7 @@ import numpy as np
 import streamlit as st
 
 from polmap import settings
+from polmap.labels import CLASS_PRESETS
 from polmap.dataset import Dataset4D, DatasetError
 
 log = logging.getLogger("polmap.app")
@@ -73,6 +74,31 @@ data_root = settings.data_root
 workspace_dir = settings.workspace_dir
 demo_preset = settings.demo_preset
 max_upload_mb = settings.max_upload_mb
+
+
+def demo_presets() -> list[str]:
+    """The simulation presets the Data page offers, from :data:`polmap.simulate.PRESETS`."""
+    from polmap.simulate import PRESETS
+
+    return list(PRESETS)
+
+
+def preprocess_options(current: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``selectbox`` arguments (options, index of the current value) for each choice of the preprocessing form.
+
+    The options are the core's (:mod:`polmap.preprocess`); a current value the
+    core does not know is kept as the first option rather than replaced unseen.
+    """
+    from polmap import preprocess as pp
+
+    defaults = pp.PreprocessConfig()
+    out: dict[str, dict[str, Any]] = {}
+    for key, options in (("centring", pp.CENTRINGS), ("scaling", pp.SCALINGS), ("normalise", pp.NORMALISATIONS),
+                         ("box_mode", pp.BOX_MODES)):
+        value = current.get(key, getattr(defaults, key))
+        opts = list(options) if value in options else [value, *options]
+        out[key] = {"options": opts, "index": opts.index(value)}
+    return out
 
 
 def resolve_in_root(relative: str, root: Path | None = None) -> Path:

@@ -120,12 +120,25 @@ def test_data_page_calibration_and_preprocessing(env: Path) -> None:
     _ok(at)
     assert sess.dataset.calibration.real_step == 2.5
     assert sess.workspace.dataset.calibration["real_step"] == 2.5
-    # preprocessing: output size 32
+    # the choices are the core's, never a list of the page's own
+    from polmap import preprocess as pp
+    from polmap.labels import CLASS_PRESETS
+    from polmap.simulate import PRESETS
+
+    boxes = {b.label: b for b in at.selectbox}
+    assert boxes["Simulated scan (with ground truth)"].options == list(PRESETS)
+    assert boxes["Switch to a preset (only before labelling)"].options == [CLASS_PRESETS[k] for k in CLASS_PRESETS]
+    for label, key, options in (("Centring (descan)", "centring", pp.CENTRINGS), ("Scaling", "scaling", pp.SCALINGS),
+                                ("Normalise", "normalise", pp.NORMALISATIONS), ("Boxing mode", "box_mode", pp.BOX_MODES)):
+        assert sorted(boxes[label].options) == sorted(options), label
+        assert boxes[label].value == sess.preprocess.get(key, getattr(pp.PreprocessConfig(), key)), label
+    # preprocessing: output size 32, mean boxing
     [size] = [n for n in at.number_input if n.label == "Output size (px)"]
     size.set_value(32)
+    boxes["Boxing mode"].set_value("mean")
     at.button(key="FormSubmitter:preprocess-Apply preprocessing").click().run()
     _ok(at)
-    assert sess.preprocess["output_size"] == 32
+    assert sess.preprocess["output_size"] == 32 and sess.preprocess["box_mode"] == "mean"
     assert sess.workspace.preprocess["output_size"] == 32
 
 
