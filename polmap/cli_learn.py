@@ -80,20 +80,10 @@ def _int_list(text: str) -> list[int]:
 
 
 def _class_set(names: Sequence[str], colors: Sequence[str] | None = None) -> Any:
-    """A ClassSet for names: the preset's colours for the signed/axis sets, else given or palette colours."""
+    """A ClassSet for names by the app's rule (:meth:`polmap.labels.ClassSet.for_names`)."""
     from polmap.labels import ClassSet
 
-    names = list(names)
-    for preset in ("signed", "axis"):
-        cs = ClassSet.preset(preset)
-        if cs.names == names:
-            return cs
-    if colors is not None and len(colors) == len(names):
-        return ClassSet(names, colors)
-    cs = ClassSet([names[0]], ["#e69f00"])
-    for n in names[1:]:
-        cs = cs.with_class(n)
-    return cs
+    return ClassSet.for_names(names, colors)
 
 
 def _is_hdf5(path: str) -> bool:

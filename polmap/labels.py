@@ -59,6 +59,29 @@ def hue_color(angle_deg: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(round(v * 255)) for v in (r, g, b)))
 
 
+def direction_colors(names: Sequence[str], colors: Sequence[str], directions: Mapping[str, float | str]) -> list[str]:
+    """Map colours: the colour wheel's hue for a class whose direction is trusted, grey when it is
+    invariant, the class's own colour otherwise.
+
+    Parameters
+    ----------
+    names, colors : sequences of str
+        The classes and their own colours.
+    directions : mapping
+        Class name -> angle in degrees or ``"invariant"``: only directions that
+        were declared or verified on the data (see :func:`polmap.symmetry.verified_directions`).
+
+    Returns
+    -------
+    list of str
+    """
+    out = []
+    for name, color in zip(names, colors):
+        d = directions.get(name)
+        out.append(color if d is None else "#808080" if d == "invariant" else hue_color(float(d)))
+    return out
+
+
 # The class presets, with what each holds (the app lists them from here).
 CLASS_PRESETS: dict[str, str] = {
     "signed": "signed: none, +x, -x, +y, -y",
@@ -138,6 +161,44 @@ class ClassSet:
         if name not in CLASS_PRESETS:
             raise ValueError(f"unknown class preset {name!r}; choose one of {sorted(CLASS_PRESETS)}")
         return getattr(cls, name)()
+
+    @classmethod
+    def for_names(
+        cls,
+        names: Sequence[str],
+        colors: Sequence[str] | None = None,
+        directions: Mapping[str, float | str] | None = None,
+    ) -> "ClassSet":
+        """Classes for a list of names: the one colour rule of the app, the CLI and the simulator.
+
+        Colours given (a file's or the user's) win when there is one valid
+        colour per class; else a preset's colours when the names are exactly a
+        preset's; else palette colours in order. Directions, when given, are
+        attached (they are a prior: training checks them against the data).
+
+        Parameters
+        ----------
+        names : sequence of str
+        colors : sequence of str, optional
+            ``"#rrggbb"``, one per class.
+        directions : mapping, optional
+            Class name -> angle in degrees or ``"invariant"``.
+
+        Returns
+        -------
+        ClassSet
+        """
+        names = [str(n) for n in names]
+        if not names:
+            raise ValueError("a class set needs at least one class name")
+        out: ClassSet | None = None
+        if colors is not None and len(colors) == len(names) and all(_COLOR_RE.match(str(c)) for c in colors):
+            out = cls(names, [str(c) for c in colors])
+        if out is None:
+            out = next((cls.preset(k) for k in CLASS_PRESETS if cls.preset(k).names == names), None)
+        if out is None:
+            out = cls(names, [_PALETTE[i % len(_PALETTE)] for i in range(len(names))])
+        return out.with_directions(directions) if directions else out
 
     # -- access ---------------------------------------------------------------------
     @property

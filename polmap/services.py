@@ -398,25 +398,11 @@ def default_classes(ds: Dataset4D, preset: str | None = None):
         return ClassSet.preset(preset)
     gt = ds.ground_truth
     if gt is not None and gt.class_names:
-        colors = gt.class_colors
-        directions = getattr(gt, "class_directions", None)
-        if colors and len(colors) == len(gt.class_names):
-            try:
-                return ClassSet(gt.class_names, colors, directions)
-            except ValueError:
-                pass
-        if list(gt.class_names) == ClassSet.signed().names:
-            return ClassSet.signed()
-        if list(gt.class_names) == ClassSet.axis().names:
-            return ClassSet.axis()
-        base = ClassSet.axis()
-        cs = ClassSet([gt.class_names[0]], ["#808080"])
-        for n in gt.class_names[1:]:
-            cs = cs.with_class(n)
-        if directions:
-            with contextlib.suppress(ValueError):
-                cs = cs.with_directions(directions)
-        return cs if len(cs) else base
+        try:
+            return ClassSet.for_names(gt.class_names, gt.class_colors, gt.class_directions)
+        except ValueError as exc:  # directions that do not parse: the classes without them, and say why
+            log.warning("%s: class directions not used: %s", ds.name, exc)
+            return ClassSet.for_names(gt.class_names, gt.class_colors)
     return ClassSet.axis()
 
 
@@ -1732,14 +1718,9 @@ def trusted_directions(sess: Session) -> dict[str, Any]:
 def map_colors(sess: Session) -> list[str]:
     """Class colours of the map: the colour wheel's hue for a class whose direction is trusted, grey when
     invariant, the class's own colour otherwise."""
-    from polmap.labels import hue_color
+    from polmap.labels import direction_colors
 
-    dirs = trusted_directions(sess)
-    out = []
-    for name, color in zip(sess.classes.names, sess.classes.colors):
-        d = dirs.get(name)
-        out.append(color if d is None else "#808080" if d == "invariant" else hue_color(float(d)))
-    return out
+    return direction_colors(sess.classes.names, sess.classes.colors, trusted_directions(sess))
 
 
 def legend_figure(sess: Session) -> Any:

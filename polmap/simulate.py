@@ -45,6 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from polmap import settings
+from polmap.labels import ClassSet
 
 __all__ = [
     "CLASS_SETS",
@@ -98,22 +99,14 @@ CLASS_SETS: dict[str, dict[str, Any]] = {
     },
     "axis": {
         "names": ["na", "vertical", "horizontal"],
-        "colors": ["#ff0000", "#00ff00", "#0000ff"],  # the paper's R, G, B
         "from_physical": {"none": 0, "+y": 1, "-y": 1, "+x": 2, "-x": 2},
     },
 }
 
 
-def _direction_color(p_row: float, p_col: float) -> str:
-    """Colour-wheel colour of an in-plane direction (hue = angle from +x towards +y)."""
-    if p_row == 0 and p_col == 0:
-        return "#808080"
-    hue = (np.degrees(np.arctan2(p_row, p_col)) % 360.0) / 360.0
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
-    return "#{:02x}{:02x}{:02x}".format(round(r * 255), round(g * 255), round(b * 255))
-
-
-CLASS_SETS["signed"]["colors"] = [_direction_color(*POLARIZATION[c]) for c in CLASS_SETS["signed"]["names"]]
+# The signed and axis colours are the labels' own (one palette for the app, the CLI and the files).
+CLASS_SETS["signed"]["colors"] = ClassSet.signed().colors
+CLASS_SETS["axis"]["colors"] = ClassSet.axis().colors
 # Names that carry no direction, in an order that follows none: the +x state is
 # "domain C", -x "domain E", and so on. polmap may not learn anything from them.
 CLASS_SETS["anonymous"] = {

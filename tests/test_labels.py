@@ -367,3 +367,36 @@ def test_csv_bad_rows_name_the_line(body, message):
 
 def test_sources_constant():
     assert SOURCES == ("click", "paint", "suggestion", "import")
+
+
+def test_one_colour_rule_for_a_list_of_names() -> None:
+    from polmap.labels import CLASS_PRESETS
+
+    # given colours win, even over a preset's
+    cs = ClassSet.for_names(["na", "vertical", "horizontal"], ["#111111", "#222222", "#333333"])
+    assert cs.colors == ["#111111", "#222222", "#333333"]
+    # a preset's names get the preset's colours
+    for k in CLASS_PRESETS:
+        assert ClassSet.for_names(ClassSet.preset(k).names).colors == ClassSet.preset(k).colors
+    # colours that do not fit (count or syntax) are not used
+    assert ClassSet.for_names(["a", "b"], ["#111111"]).colors == ClassSet.for_names(["a", "b"]).colors
+    assert ClassSet.for_names(["a", "b"], ["red", "blue"]).colors == ClassSet.for_names(["a", "b"]).colors
+    # other names: distinct palette colours in order
+    cs = ClassSet.for_names(["P1", "P2", "P3", "P4"], directions={"P1": 0, "P2": 180})
+    assert len(set(cs.colors)) == 4 and cs.directions == {"P1": 0.0, "P2": 180.0}
+    with pytest.raises(ValueError, match="at least one class"):
+        ClassSet.for_names([])
+
+
+def test_the_simulator_uses_the_labels_palette() -> None:
+    from polmap.simulate import class_colors
+
+    assert class_colors("signed") == ClassSet.signed().colors
+    assert class_colors("axis") == ClassSet.axis().colors
+
+
+def test_direction_colors_only_for_trusted_directions() -> None:
+    from polmap.labels import direction_colors
+
+    out = direction_colors(["up", "down", "flat", "odd"], ["#111111"] * 4, {"up": 90, "down": 270.0, "flat": "invariant"})
+    assert out == [hue_color(90), hue_color(270), "#808080", "#111111"]
