@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_virtual.py
 	$(BIN)/python benchmarks/bench_app.py
 	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_render.py
 	$(BIN)/python benchmarks/bench_labels.py
 	$(BIN)/python benchmarks/bench_paper_preprocessing.py
 	$(BIN)/python benchmarks/bench_external.py

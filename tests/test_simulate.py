@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import h5py
 import numpy as np
@@ -230,18 +229,16 @@ def test_anonymous_class_names_carry_no_direction():
     assert dirs["domain B"] == "invariant" and dirs["domain C"] == 0.0 and dirs["domain E"] == 180.0
 
 
-def test_render_is_vectorised_and_fast(lib):
-    n = 2000
+def test_render_many_patterns_at_once(lib):
+    # speed: benchmarks/bench_render.py
+    n = 300
     rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
     out = S.render_patterns(
         rng.choice(S.PHYSICAL_CLASSES, n), rng.uniform(10, 30, n), rng.uniform(-1.5, 1.5, (n, 2)),
         rng.uniform(-2, 2, (n, 2)), library=lib,
     )
-    dt = time.perf_counter() - t0
-    print(f"rendered {n} 64x64 patterns in {dt:.2f} s")
-    assert out.shape == (n, 64, 64) and np.isfinite(out).all()
-    assert dt < 6.0
+    assert out.shape == (n, 64, 64) and np.isfinite(out).all() and (out >= 0).all()
+    assert np.ptp(out.reshape(n, -1).sum(1)) > 0  # not one pattern repeated
 
 
 # ---------------------------------------------------------------------------- scans
@@ -254,12 +251,6 @@ def test_same_seed_same_data_and_seed_matters():
     np.testing.assert_array_equal(a.label_map, b.label_map)
     assert not np.array_equal(a.data, c.data)
     assert a.metadata["seed"] == 3 and c.metadata["seed"] == 99
-
-
-def test_tiny_is_fast():
-    t0 = time.perf_counter()
-    S.simulate_scan("tiny")
-    assert time.perf_counter() - t0 < 3.0  # < 1 s on an idle 2-core machine
 
 
 def test_labels_and_walls_follow_geometry():
