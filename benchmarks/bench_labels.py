@@ -57,9 +57,10 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
 
 
-def summarise(all_results: dict[str, dict], commands: dict[str, str]) -> str:
-    """The target check as Markdown."""
+def summarise(all_results: dict[str, dict], commands: dict[str, str]) -> tuple[str, list[str]]:
+    """The target check as Markdown, and the checks missed (``"preset: check"``)."""
     lines = ["# Label-efficiency targets (issue 3)", ""]
+    missed: list[str] = []
     for preset, res in all_results.items():
         strat = res["strategies"]
         ad, rnd = strat.get("adaptive", {}), strat.get("random", {})
@@ -69,6 +70,8 @@ def summarise(all_results: dict[str, dict], commands: dict[str, str]) -> str:
         lines += ["| check | target | measured | met |", "|---|---|---|---|"]
 
         def row(name: str, target: str, measured: str, ok: bool | None) -> None:
+            if ok is False:
+                missed.append(f"{preset}: {name} ({measured}, target {target})")
             lines.append(f"| {name} | {target} | {measured} | {'yes' if ok else ('no' if ok is not None else '–')} |")
 
         for b, t in ((50, TARGETS["acc50"]), (20, TARGETS["acc20"])):
@@ -118,7 +121,7 @@ def summarise(all_results: dict[str, dict], commands: dict[str, str]) -> str:
         lines += ["", f"Command: `{commands.get(preset, '')}`  ", f"Runtime {res['elapsed_s']:.0f} s; load average "
                   f"at start {env.get('load_avg_at_start')}, at end {res.get('load_avg_at_end')} "
                   f"(2-core machine shared with other jobs: timings are upper bounds).", ""]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", missed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,11 +178,13 @@ def main(argv: list[str] | None = None) -> int:
                 res = json.loads(f.read_text(encoding="utf-8"))
                 all_results[preset] = res
                 commands[preset] = res.get("command", "")
-    summary = summarise(all_results, commands)
+    summary, missed = summarise(all_results, commands)
     name = "labels_summary_quick.md" if args.quick else "labels_summary.md"
     (out_dir / name).write_text(summary, encoding="utf-8")
     print(summary)
-    return 0
+    for m in missed:
+        print(f"MISSED {m}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ time from the published one (5 x 5 boxing, linear min-max, no centring), and
 reports the accuracy on its own training labels and on held-out positions.
 
 A network that cannot fit 50 training labels has an input problem, not a
-generalisation problem: this separates the two.
+generalisation problem: this separates the two. An experiment with no target:
+it exits 0 when it has run, non-zero only on an error.
 
 Usage::
 
