@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from polmap.serial import json_safe
+
 __all__ = [
     "BenchmarkConfig",
     "Oracle",
@@ -341,23 +343,6 @@ def plot_results(results: dict[str, Any], path: str | os.PathLike[str]) -> str:
     return str(path)
 
 
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _json_safe(o.tolist())
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return None if math.isnan(f) or math.isinf(f) else f
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
 def write_results(results: dict[str, Any], out: str | os.PathLike[str], *, plot: bool = True) -> dict[str, str]:
     """Write ``out`` (JSON), and next to it ``.md`` (table) and ``.png`` (plot).
 
@@ -374,7 +359,7 @@ def write_results(results: dict[str, Any], out: str | os.PathLike[str], *, plot:
     if d:
         os.makedirs(d, exist_ok=True)
     with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(results), f, indent=1)
+        json.dump(json_safe(results), f, indent=1)
     paths = {"json": json_path}
     md_path = stem + ".md"
     with open(md_path, "w", encoding="utf-8") as f:

@@ -32,8 +32,6 @@ import numpy as np
 
 from polmap.dataset import DatasetError
 
-PRED_FORMAT = "polmap-prediction"
-PRED_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------
@@ -305,71 +303,23 @@ def _model_preprocessor(model: Any, ds: Any, refit: bool) -> tuple[Any, str]:
     return pre, note
 
 
-def _predict_arrays(model: Any, ds: Any, pre: Any) -> dict[str, np.ndarray]:
-    from polmap.predict import predict_scan
-
-    pred = predict_scan(model, ds, pre)
-    out = {"probabilities": np.asarray(pred.probabilities, dtype=np.float32),
-           "label_map": np.asarray(pred.label_map).astype(np.int16)}
-    for k in ("entropy", "margin", "disagreement"):
-        v = getattr(pred, k, None)
-        if v is not None:
-            out[k] = np.asarray(v, dtype=np.float32)
-    return out
-
-
-def write_prediction(path: str, arrays: dict[str, np.ndarray], class_names: Sequence[str],
-                     class_colors: Sequence[str] | None, provenance: dict[str, Any]) -> None:
-    """Write a prediction HDF5 (atomically): arrays at the root, classes and provenance as attributes."""
-    import h5py
-
-    from polmap.benchmark import _json_safe
-
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        raise FileNotFoundError(f"output folder {p.parent} does not exist")
-    tmp = p.with_name(p.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        for k, v in arrays.items():
-            f.create_dataset(k, data=v, compression="gzip", compression_opts=4)
-        f.attrs["polmap_format"] = PRED_FORMAT
-        f.attrs["polmap_version"] = PRED_VERSION
-        f.attrs["class_names"] = json.dumps(list(class_names))
-        f.attrs["class_colors"] = json.dumps(list(class_colors) if class_colors else None)
-        f.attrs["provenance"] = json.dumps(_json_safe(provenance))
-    os.replace(tmp, p)
-
-
 def read_prediction(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a file written by :func:`write_prediction` -> (arrays, attributes with parsed JSON)."""
-    import h5py
+    """:func:`polmap.prediction_file.read_prediction_file` (the CLI's and the app's files alike)."""
+    from polmap.prediction_file import read_prediction_file
 
-    _need_file(path, "prediction file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise ValueError(f"{path} is not a polmap prediction (not an HDF5 file); make one with polmap predict") from None
-    with f:
-        if f.attrs.get("polmap_format") != PRED_FORMAT:
-            raise ValueError(f"{path} is not a polmap prediction (no polmap_format='{PRED_FORMAT}'); "
-                             "make one with polmap predict")
-        arrays = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
-        attrs = {
-            "class_names": json.loads(f.attrs["class_names"]),
-            "class_colors": json.loads(f.attrs["class_colors"]),
-            "provenance": json.loads(f.attrs["provenance"]),
-        }
-    return arrays, attrs
+    return read_prediction_file(path)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from polmap import __version__
+    from polmap.predict import predict_scan
+    from polmap.prediction_file import write_prediction_file
 
     model = _load_model(args.model)
     with _open_data(args) as ds:
         pre, note = _model_preprocessor(model, ds, refit=not args.keep_preprocessing)
         t0 = time.perf_counter()
-        arrays = _predict_arrays(model, ds, pre)
+        pred = predict_scan(model, ds, pre)
         dt = time.perf_counter() - t0
         n = ds.n_patterns
         prov = {
@@ -386,10 +336,9 @@ def _predict(args: argparse.Namespace) -> int:
             "preprocess_note": note,
             "seconds": dt,
         }
-        write_prediction(args.out, arrays, model.class_names, model.class_colors, prov)
-    frac = np.bincount(arrays["label_map"].ravel(), minlength=len(model.class_names)) / max(n, 1)
+        write_prediction_file(args.out, pred.arrays(), model.class_names, model.class_colors, prov)
     _say(args, f"predicted {n} patterns in {dt:.1f} s ({n / max(dt, 1e-9):,.0f} patterns/s; {note})")
-    _say(args, "class fractions: " + ", ".join(f"{c} {100 * f:.1f} %" for c, f in zip(model.class_names, frac)))
+    _say(args, "class fractions: " + ", ".join(f"{c} {100 * f:.1f} %" for c, f in pred.class_fractions().items()))
     print(args.out)
     return 0
 
@@ -415,12 +364,12 @@ def _suggest(args: argparse.Namespace) -> int:
             ex = np.loadtxt(args.exclude, delimiter=",", skiprows=1, usecols=(0, 1), dtype=np.int64, ndmin=2)
             kwargs["exclude"] = ex
         if model is not None:
-            from polmap.predict import check_compatible
+            from polmap.predict import check_compatible, predict_scan
 
             check_compatible(model, ds, class_names=store.classes.names)
             if args.strategy in ("adaptive",):
                 pre, _ = _model_preprocessor(model, ds, refit=True)
-                kwargs["probabilities"] = _predict_arrays(model, ds, pre)["probabilities"]
+                kwargs["probabilities"] = predict_scan(model, ds, pre).probabilities
         if args.strategy in ("adaptive", "cold_start") and "probabilities" not in kwargs:
             kwargs["features"] = dataset_features(ds)
         res = suggest_detailed(args.strategy, ds.scan_shape, pos, cls, int(args.budget), **kwargs)

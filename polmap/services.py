@@ -1289,42 +1289,33 @@ def scan_axes(ds: Dataset4D) -> tuple[float, str]:
 
 
 def export_hdf5(sess: Session) -> bytes:
-    """HDF5 bytes with probabilities, maps, labels and provenance."""
-    import h5py
+    """The map as a polmap prediction file (:mod:`polmap.prediction_file`: the file ``polmap predict``
+    writes and ``polmap export`` reads), with the walls, the labels and the provenance."""
+    from polmap import __version__
+    from polmap.labels import SOURCES
+    from polmap.prediction_file import write_prediction_file
 
     pred = predict(sess)
     ds = sess.dataset
+    arrays = dict(pred.arrays())
+    walls = domain_walls(sess, pred)
+    if walls is not None:
+        arrays["domain_walls"] = walls
+    labels = dict(sess.labels.entries())
+    labels["label_map"] = sess.labels.label_map()
+    provenance = {
+        "created_by": "polmap app",
+        "polmap_version": __version__,
+        "dataset": {"name": ds.name, "source": ds.source, "fingerprint": ds.fingerprint,
+                    "scan_shape": list(ds.scan_shape), "detector_shape": list(ds.detector_shape),
+                    "calibration": ds.calibration.to_dict()},
+        "preprocess": sess.preprocess,
+        "model": {"key": sess.model_key, "info": sess.model_info},
+        "workspace": sess.workspace.provenance if sess.workspace is not None else [],
+    }
     buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
-        f.attrs["polmap_format"] = "polmap-map"
-        f.attrs["polmap_version"] = 1
-        from polmap import __version__
-
-        f.attrs["polmap_package_version"] = __version__
-        f.attrs["class_names"] = json.dumps(sess.classes.names)
-        f.attrs["class_colors"] = json.dumps(sess.classes.colors)
-        f.attrs["dataset_name"] = ds.name
-        f.attrs["dataset_source"] = ds.source
-        f.attrs["dataset_fingerprint"] = ds.fingerprint
-        f.attrs["calibration"] = json.dumps(ds.calibration.to_dict())
-        f.attrs["preprocess"] = json.dumps(sess.preprocess, default=str)
-        f.attrs["model_key"] = str(sess.model_key)
-        f.attrs["model_info"] = json.dumps(sess.model_info, default=str)
-        for k, v in prediction_arrays(pred).items():
-            f.create_dataset(f"prediction/{k}", data=v, compression="gzip")
-        f.create_dataset("prediction/uncertainty_normalised", data=uncertainty(pred).astype(np.float32), compression="gzip")
-        walls = domain_walls(sess, pred)
-        if walls is not None:
-            f.create_dataset("prediction/domain_walls", data=walls.astype(bool), compression="gzip")
-        e = sess.labels.entries()
-        from polmap.labels import SOURCES
-
-        for k, v in e.items():
-            f.create_dataset(f"labels/{k}", data=v)
-        f["labels"].attrs["sources"] = json.dumps(list(SOURCES))
-        f.create_dataset("labels/label_map", data=sess.labels.label_map(), compression="gzip")
-        prov = sess.workspace.provenance if sess.workspace is not None else []
-        f.create_dataset("provenance", data=[json.dumps(p, default=str) for p in prov], dtype=h5py.string_dtype("utf-8"))
+    write_prediction_file(buf, arrays, sess.classes.names, map_colors(sess), provenance,
+                          labels=labels, label_attrs={"sources": list(SOURCES)})
     return buf.getvalue()
 
 

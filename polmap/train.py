@@ -318,7 +318,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _json_safe(obj: Any, what: str) -> Any:
+def _require_json(obj: Any, what: str) -> Any:
     try:
         return json.loads(json.dumps(obj))
     except (TypeError, ValueError) as exc:
@@ -545,7 +545,7 @@ class TrainedModel:
         payload = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
-            "metadata": json.dumps(_json_safe(self._metadata(), "model metadata")),
+            "metadata": json.dumps(_require_json(self._metadata(), "model metadata")),
             "members": [{k: v.detach().cpu().clone() for k, v in n.state_dict().items()} for n in self.nets],
         }
         if isinstance(path_or_buffer, (str, os.PathLike)):
@@ -1082,8 +1082,8 @@ def train_model(
         "name": config.model,
         "n_classes": K,
         "input_size": int(x_np.shape[2]),
-        "options": _json_safe(config.model_options, "model_options"),
-        "member_options": _json_safe(member_opts, "member_variants"),
+        "options": _require_json(config.model_options, "model_options"),
+        "member_options": _require_json(member_opts, "member_variants"),
     }
     space = None
     if "linear" in families:
@@ -1194,13 +1194,13 @@ def train_model(
             "versions": _versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        prov.update(_json_safe(provenance or {}, "provenance"))
+        prov.update(_require_json(provenance or {}, "provenance"))
         return TrainedModel(
             [jobs[m].net.cpu().eval() for m in done],
             names,
             list(class_colors) if class_colors is not None else None,
             {**model_config, "member_options": [member_opts[m] for m in done]},
-            preprocess_state=_json_safe(preprocess_state, "preprocess_state") if preprocess_state else None,
+            preprocess_state=_require_json(preprocess_state, "preprocess_state") if preprocess_state else None,
             history=[histories[m] for m in done],
             report=report,
             provenance=prov,

@@ -400,14 +400,26 @@ def test_train_map_export_and_read_back(env: Path) -> None:
     K = len(sess.classes)
     png = Image.open(io.BytesIO(svc.export_png(sess)))
     assert png.size[0] % C == 0 and png.size[1] % R == 0 and png.size[0] // C == png.size[1] // R
-    with h5py.File(io.BytesIO(svc.export_hdf5(sess)), "r") as f:
-        assert f["prediction/probabilities"].shape == (R, C, K)
-        np.testing.assert_allclose(f["prediction/probabilities"][()].sum(-1), 1.0, atol=1e-4)
-        assert f["prediction/label_map"].shape == (R, C)
-        assert f["labels/row"].shape == (len(sess.labels),)
-        assert json.loads(f.attrs["class_names"]) == sess.classes.names
-        assert f.attrs["dataset_fingerprint"] == sess.dataset.fingerprint
-        assert any(json.loads(p)["event"] == "trained" for p in f["provenance"][()])
+    from polmap.cli import main as cli_main
+    from polmap.prediction_file import DESCRIPTIONS, read_prediction_file
+
+    map_file = env / "map.h5"
+    map_file.write_bytes(svc.export_hdf5(sess))
+    arrays, attrs = read_prediction_file(map_file)
+    assert arrays["probabilities"].shape == (R, C, K)
+    np.testing.assert_allclose(arrays["probabilities"].sum(-1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(arrays["label_map"], sess.prediction.label_map)
+    np.testing.assert_allclose(arrays["entropy"], sess.prediction.entropy, atol=1e-6)
+    assert arrays["labels/row"].shape == (len(sess.labels),)
+    assert attrs["class_names"] == sess.classes.names
+    assert attrs["provenance"]["dataset"]["fingerprint"] == sess.dataset.fingerprint
+    assert any(p["event"] == "trained" for p in attrs["provenance"]["workspace"])
+    with h5py.File(map_file, "r") as f:  # every array says what it is
+        assert all(f[k].attrs["description"] == DESCRIPTIONS[k] for k in DESCRIPTIONS if k in f)
+    # the CLI reads the app's file: one format, one reader
+    assert cli_main(["export", "--pred", str(map_file), "--png", str(env / "m.png"), "--quiet"]) == 0
+    with Image.open(env / "m.png") as im:
+        assert im.size[0] % C == 0 and im.size[0] // C == im.size[1] // R
     store = LabelStore(sess.labels.scan_shape, ClassSet(sess.classes.names, sess.classes.colors))
     store.import_csv(io.StringIO(svc.export_labels_csv(sess).decode()))
     assert store.hash() == sess.labels.hash()
