@@ -42,12 +42,13 @@ if sess.labels is not None and sess.model_info.get("label_hash") not in (None, s
 # --------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns([4, 2, 2])
 overlays = c1.pills(
-    "Overlays", ["uncertainty", "walls", "labelled points", "suggestions"], selection_mode="multi",
+    "Overlays", [svc.UNCERTAINTY_NAME, "walls", "labelled points", "suggestions"], selection_mode="multi",
     default=["walls", "labelled points"], key="map_overlays",
 )
 fade = c2.slider("Fade uncertain positions", 0.0, 1.0, 0.0, 0.1, key="map_fade",
-                 help="Mix each position towards white by its uncertainty")
-background = c3.radio("Show", ["polarization map", "uncertainty", "virtual image"], key="map_background")
+                 help=f"Mix each position towards white by its {svc.UNCERTAINTY_NAME}: {svc.UNCERTAINTY_HELP}")
+background = c3.radio("Show", ["polarization map", svc.UNCERTAINTY_NAME, "virtual image"], key="map_background",
+                      help=f"{svc.UNCERTAINTY_NAME}: {svc.UNCERTAINTY_HELP}")
 
 
 @svc.guarded_fragment("Map", key="map_view")
@@ -62,13 +63,13 @@ def map_view() -> None:
         if background == "polarization map":
             rgb = svc.map_rgb(sess, pred, fade=fade)
             fig = svc.scan_figure(ds, rgb, sess=sess, show_labels="labelled points" in overlays, suggestions=sugg,
-                                  selected=shown, prediction=pred, show_uncertainty="uncertainty" in overlays,
+                                  selected=shown, prediction=pred, show_uncertainty=svc.UNCERTAINTY_NAME in overlays,
                                   show_walls=True, walls=walls, height=560)
         else:
-            img = unc if background == "uncertainty" else svc.virtual_image(ds)
+            img = unc if background == svc.UNCERTAINTY_NAME else svc.virtual_image(ds)
             fig = svc.scan_figure(ds, img, sess=sess, show_labels="labelled points" in overlays, suggestions=sugg,
                                   selected=shown, walls=walls, height=560,
-                                  value_name="uncertainty" if background == "uncertainty" else "intensity")
+                                  value_name=background if background == svc.UNCERTAINTY_NAME else "intensity")
         st.plotly_chart(fig, key="map_fig", on_select=_on_map_click, selection_mode="points",
                         config={"displaylogo": False, "toImageButtonOptions": {"filename": "polmap-map"}})
         st.session_state["map_build_s"] = time.perf_counter() - t0
@@ -77,7 +78,7 @@ def map_view() -> None:
         p = np.asarray(pred.probabilities)[r, c]
         k = int(np.argmax(p))
         st.markdown(f"**(row {r}, col {c})**: {svc.swatch(colors[k])}**{names[k]}** {p[k]:.0%}, "
-                    f"uncertainty {float(unc[r, c]):.2f}", unsafe_allow_html=True)
+                    f"{svc.UNCERTAINTY_NAME} {float(unc[r, c]):.2f}", unsafe_allow_html=True)
         lab = sess.labels.label_at(r, c)
         if lab:
             st.caption(f"Labelled {lab['class']} ({lab['source']}).")

@@ -33,6 +33,11 @@ from PIL import Image, PngImagePlugin
 from scipy import ndimage
 
 from polmap.dataset import Calibration
+from polmap.uncertainty import NAMES as _UNCERTAINTY_NAMES
+from polmap.uncertainty import normalised_entropy
+
+# What the map's uncertainty is, by name, wherever it is shown.
+UNCERTAINTY_NAME = _UNCERTAINTY_NAMES["entropy"]
 
 __all__ = [
     "PAPER_REFERENCE",
@@ -217,18 +222,6 @@ def _check_probabilities(probabilities: Any) -> np.ndarray:
     return p
 
 
-def _normalised_entropy(p: np.ndarray) -> np.ndarray:
-    K = p.shape[2]
-    if K < 2:
-        return np.zeros(p.shape[:2])
-    q = np.clip(np.nan_to_num(p), 0, None)
-    tot = q.sum(axis=2, keepdims=True)
-    q = np.where(tot > 0, q / np.where(tot > 0, tot, 1), 1.0 / K)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -np.sum(np.where(q > 0, q * np.log(q), 0.0), axis=2)
-    return np.clip(h / math.log(K), 0.0, 1.0)
-
-
 def rgb_map(
     probabilities: np.ndarray,
     class_colors: Any = None,
@@ -285,7 +278,7 @@ def rgb_map(
     else:
         raise ValueError(f"unknown mode {mode!r}; choose 'blend' or 'paper'")
     if fade > 0:
-        u = _normalised_entropy(p) if uncertainty is None else np.asarray(uncertainty, dtype=np.float64)
+        u = normalised_entropy(p) if uncertainty is None else np.asarray(uncertainty, dtype=np.float64)
         if u.shape != (R, C):
             raise ValueError(f"uncertainty must have shape {(R, C)}, found {u.shape}")
         a = (float(fade) * np.clip(np.nan_to_num(u, nan=1.0), 0.0, 1.0))[..., None]
@@ -755,7 +748,7 @@ def map_figure(
         unc = np.asarray(uncertainty, dtype=np.float64)
         if unc.shape != (R, C):
             raise ValueError(f"uncertainty must have shape {(R, C)}, found {unc.shape}")
-        _add_raster_overlay(fig, np.clip(unc, 0, 1), step, "uncertainty", _FADE_SCALE,
+        _add_raster_overlay(fig, np.clip(unc, 0, 1), step, UNCERTAINTY_NAME, _FADE_SCALE,
                             True if show_uncertainty else "legendonly")
     if walls is not None:
         w = np.asarray(walls, dtype=bool)
@@ -775,7 +768,7 @@ def map_figure(
                 nm = class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
                 columns.append((f"p({nm})", p[..., k], ".2f"))
         if uncertainty is not None:
-            columns.append(("uncertainty", np.asarray(uncertainty), ".2f"))
+            columns.append((UNCERTAINTY_NAME, np.asarray(uncertainty), ".2f"))
         _add_pick_overlay(fig, (R, C), step, units, columns, percent=True)
     _add_marks(fig, step, labelled, suggestions, class_names)
     _image_layout(fig, (R, C), step, units, title)

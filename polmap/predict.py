@@ -22,7 +22,6 @@ Uncertainty maps
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
@@ -33,6 +32,7 @@ import numpy as np
 
 from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D
 from polmap.train import _TRACE_MIN_PATTERNS, CancelLike, TrainedModel, _is_cancelled
+from polmap.uncertainty import disagreement, margin, normalised_entropy
 
 __all__ = [
     "IncompatibleModelError",
@@ -144,20 +144,10 @@ def uncertainty_maps(members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
         (entropy of the mean - mean member entropy) / log K, >= 0.
     """
     members = np.asarray(members, dtype=np.float32)
-    k = members.shape[-1]
-    norm = math.log(k) if k > 1 else 1.0
     proba = members.mean(axis=0)
-    eps = 1e-12
-    ent = -(proba * np.log(proba + eps)).sum(-1) / norm
-    top2 = np.partition(proba, k - 2, axis=-1)[:, -2:] if k > 1 else np.concatenate([proba, np.zeros_like(proba)], -1)
-    margin = np.abs(top2[:, 1] - top2[:, 0])
-    if members.shape[0] > 1:
-        member_ent = -(members * np.log(members + eps)).sum(-1).mean(0) / norm
-        dis = np.clip(ent - member_ent, 0.0, None)
-    else:
-        dis = np.zeros(len(proba), dtype=np.float32)
     f = np.float32
-    return proba.astype(f), np.clip(ent, 0, 1).astype(f), margin.astype(f), dis.astype(f)
+    return (proba.astype(f), normalised_entropy(proba).astype(f), margin(proba).astype(f),
+            disagreement(members).astype(f))
 
 
 def check_compatible(

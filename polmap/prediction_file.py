@@ -27,6 +27,7 @@ from typing import IO, Any, Mapping, Sequence
 import numpy as np
 
 from polmap.serial import json_safe
+from polmap.uncertainty import DEFINITIONS, NAMES
 
 __all__ = ["FORMAT", "VERSION", "DESCRIPTIONS", "write_prediction_file", "read_prediction_file"]
 
@@ -38,9 +39,7 @@ _OLD_APP_FORMAT = "polmap-map"  # the app's export before version 2: arrays unde
 DESCRIPTIONS: dict[str, str] = {
     "probabilities": "ensemble-mean class probabilities, one per class (last axis)",
     "label_map": "index of the most probable class; -1 where not predicted",
-    "entropy": "normalised entropy of the probabilities: Shannon entropy / log K (0 certain, 1 uniform)",
-    "margin": "probability of the first class minus that of the second (1 certain, 0 a tie)",
-    "disagreement": "ensemble disagreement: (entropy of the mean - mean member entropy) / log K",
+    **{k: f"{NAMES[k]}: {DEFINITIONS[k]}" for k in ("entropy", "margin", "disagreement")},
     "domain_walls": "positions whose predicted class differs from one of their 4 neighbours",
 }
 _DTYPES = {"probabilities": np.float32, "label_map": np.int16, "entropy": np.float32, "margin": np.float32,

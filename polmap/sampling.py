@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from polmap import uncertainty as unc
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -313,20 +315,10 @@ def uncertainty_map(probabilities: np.ndarray, kind: str = "entropy") -> np.ndar
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim != 3:
         raise ValueError(f"probabilities must have shape (R, C, K), found {p.shape}")
-    K = p.shape[2]
-    total = np.nansum(np.clip(p, 0, None), axis=2, keepdims=True)
-    bad = ~np.isfinite(p).all(axis=2) | (total[..., 0] <= 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        q = np.where(bad[..., None], 1.0 / K, np.clip(p, 0, None) / np.where(total > 0, total, 1.0))
-    if K == 1:
-        return np.where(bad, 1.0, 0.0)
     if kind == "entropy":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            h = -np.sum(np.where(q > 0, q * np.log(q), 0.0), axis=2)
-        return np.clip(h / math.log(K), 0.0, 1.0)
+        return unc.normalised_entropy(p)
     if kind == "margin":
-        top2 = np.sort(q, axis=2)[..., -2:]
-        return np.clip(1.0 - (top2[..., 1] - top2[..., 0]), 0.0, 1.0)
+        return 1.0 - unc.margin(p)
     raise ValueError(f"unknown uncertainty kind {kind!r}; choose 'entropy' or 'margin'")
 
 

@@ -45,6 +45,8 @@ import streamlit as st
 
 from polmap import settings
 from polmap.labels import CLASS_PRESETS
+from polmap.uncertainty import DEFINITIONS as UNCERTAINTY_DEFINITIONS
+from polmap.uncertainty import NAMES as UNCERTAINTY_NAMES
 from polmap.dataset import Dataset4D, DatasetError
 
 log = logging.getLogger("polmap.app")
@@ -1217,17 +1219,14 @@ def prediction_arrays(pred: Any) -> dict[str, np.ndarray]:
     return out
 
 
+# The Map page's uncertainty, by the name it carries everywhere (polmap.uncertainty).
+UNCERTAINTY_NAME = UNCERTAINTY_NAMES["entropy"]
+UNCERTAINTY_HELP = UNCERTAINTY_DEFINITIONS["entropy"]
+
+
 def uncertainty(pred: Any) -> np.ndarray:
-    """Normalised entropy in [0, 1] (or the prediction's own uncertainty)."""
-    u = getattr(pred, "uncertainty", None)
-    if u is not None:
-        return np.asarray(u)
-    e = getattr(pred, "entropy", None)
-    if e is not None:
-        k = np.asarray(pred.probabilities).shape[-1]
-        return np.asarray(e) / max(np.log(k), 1e-9) if np.nanmax(e) > 1.0 + 1e-6 else np.asarray(e)
-    p = np.asarray(pred.probabilities)
-    return 1.0 - p.max(-1)
+    """The Map page's uncertainty: the prediction's normalised entropy in [0, 1] (:mod:`polmap.uncertainty`)."""
+    return np.asarray(pred.entropy)
 
 
 def apply_model_elsewhere(sess: Session, ds: Dataset4D, progress: Callable[[int, int], None] | None = None) -> Any:

@@ -381,9 +381,9 @@ def test_train_map_export_and_read_back(env: Path) -> None:
     metrics = {m.label: m.value for m in at.metric}
     assert "Accuracy vs ground truth" in metrics
     # overlays on and off, the uncertainty view, a click on the map shows that pattern
-    at.pills(key="map_overlays").set_value(["uncertainty", "walls", "labelled points"]).run()
+    at.pills(key="map_overlays").set_value(["normalised entropy", "walls", "labelled points"]).run()
     _ok(at)
-    at.radio(key="map_background").set_value("uncertainty").run()
+    at.radio(key="map_background").set_value("normalised entropy").run()
     _ok(at)
     at.session_state["map_fig"] = {"selection": {"points": [{"customdata": [5, 7]}], "point_indices": []}}
     sess.selected = (5, 7)

@@ -204,7 +204,7 @@ def test_map_figure_traces_axes_and_customdata():
                      suggestions=np.array([[30, 30], [40, 20]]), title="map")
     assert isinstance(fig, go.Figure)
     assert [(t.type, t.name) for t in fig.data] == [
-        ("image", "map"), ("heatmap", "uncertainty"), ("heatmap", "walls"), ("scattergl", "positions"),
+        ("image", "map"), ("heatmap", "normalised entropy"), ("heatmap", "walls"), ("scattergl", "positions"),
         ("scatter", "labelled: vertical"), ("scatter", "labelled: horizontal"), ("scatter", "suggested"),
     ]
     img = fig.data[0]
@@ -221,7 +221,7 @@ def test_map_figure_traces_axes_and_customdata():
     i = 30 * 48 + 10
     np.testing.assert_array_equal(cd[i], [30, 10, 90, 10, 25])
     assert pick.x[i] == pytest.approx(5.0) and pick.y[i] == pytest.approx(15.0)
-    assert "p(vertical)" in pick.hovertemplate and "uncertainty" in pick.hovertemplate and "nm" in pick.hovertemplate
+    assert "p(vertical)" in pick.hovertemplate and "normalised entropy" in pick.hovertemplate and "nm" in pick.hovertemplate
     assert fig.data[5].marker.color == "#0000ff" and np.asarray(fig.data[5].customdata).tolist() == [[10, 40], [11, 41]]
     sug = fig.data[6]
     assert list(sug.text) == ["1", "2"] and list(sug.x) == [15.0, 10.0] and list(sug.y) == [15.0, 20.0]

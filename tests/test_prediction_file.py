@@ -33,7 +33,7 @@ def test_round_trip_with_labels(tmp_path: Path) -> None:
                      "provenance": {"model": {"n": 3, "x": None}}, "format_version": 2}
     with h5py.File(f, "r") as h:
         assert h.attrs["polmap_format"] == FORMAT
-        assert h["entropy"].attrs["description"] == DESCRIPTIONS["entropy"] and "log K" in DESCRIPTIONS["entropy"]
+        assert h["entropy"].attrs["description"] == DESCRIPTIONS["entropy"] and "divided by log K" in DESCRIPTIONS["entropy"]
         assert json.loads(h["labels"].attrs["sources"]) == ["click", "paint"]
     assert not list(tmp_path.glob("*.tmp"))
 
