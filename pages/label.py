@@ -41,39 +41,35 @@ def _on_click() -> None:
     if st.session_state.get("label_on_click") and sess.labels is not None:
         with svc.guarded("Labelling"):
             svc.label_point(sess, pos[0], pos[1], sess.active_class)
-        svc.rerun_after_label("label_click")
 
 
+# Callbacks rerun only their own fragment; the sidebar counts refresh by themselves (run_every):
+# a rerun scoped to the sidebar too measured 3-4x slower (0.4-0.9 s against 0.1-0.15 s on the demo).
 def _on_class(i: int) -> None:
     sess.active_class = i
     if sess.selected is not None:
         svc.label_point(sess, sess.selected[0], sess.selected[1], i)
-    svc.rerun_after_label("label_click")
 
 
 def _on_undo(fragment: str = "label_click") -> None:
     if not svc.undo(sess):
         sess.flash("info", "Nothing to undo.")
     sess.canvas_nonce += 1
-    svc.rerun_after_label(fragment)
 
 
 def _on_redo() -> None:
     if not svc.redo(sess):
         sess.flash("info", "Nothing to redo.")
-    svc.rerun_after_label("label_click")
 
 
 def _on_move(drow: int, dcol: int) -> None:
     svc.move_selection(sess, drow, dcol)
     sess.other["shown_sel"] = sess.selected
-    svc.rerun_after_label("label_click")
 
 
 def _on_remove() -> None:
     if sess.selected is not None:
         svc.unlabel_point(sess, *sess.selected)
-    svc.rerun_after_label("label_click")
 
 
 @svc.guarded_fragment("Labelling", key="label_click")

@@ -46,7 +46,6 @@ if sess.model is None and strategy == "adaptive":
 
 def _answer(i: int | None) -> None:
     svc.answer_suggestion(sess, i)
-    svc.rerun_after_label("suggest_loop")
 
 
 def _retrain_and_suggest() -> None:

@@ -110,7 +110,7 @@ if sess.model is not None:
     info = sess.model_info
     st.subheader("Current model")
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Network", info.get("model", getattr(sess.model, "model_name", "?")))
+    m1.metric("Network", info.get("model", sess.model.model_name))
     m2.metric("Labels", info.get("n_labels", "?"))
     acc = info.get("val_accuracy")
     m3.metric("Validation accuracy (out-of-fold)", "n/a" if acc is None else f"{acc:.1%}")

@@ -307,11 +307,7 @@ def _open_cached(path: str, size: int, mtime: float, dataset_path: str | None) -
 def _demo_file(preset: str) -> str:
     from polmap import simulate
 
-    fn = getattr(simulate, "demo_path")
-    try:
-        return str(fn(preset=preset))
-    except TypeError:
-        return str(fn(preset))
+    return str(simulate.demo_path(preset=preset))
 
 
 def open_file(path: str | Path, dataset_path: str | None = None) -> Dataset4D:
@@ -615,23 +611,23 @@ def virtual_image(ds: Dataset4D, kind: str = "bright_field") -> np.ndarray:
 
 
 def preprocess_config(d: dict[str, Any] | None = None) -> Any:
-    """A :class:`polmap.preprocess.PreprocessConfig` from a dict (unknown keys ignored)."""
+    """A :class:`polmap.preprocess.PreprocessConfig` from a dict.
+
+    Keys this polmap does not know (a workspace from another version) are
+    left out and logged; the rest must be valid.
+    """
     from polmap.preprocess import PreprocessConfig
 
     d = dict(d or {})
-    if hasattr(PreprocessConfig, "from_dict"):
-        try:
-            return PreprocessConfig.from_dict(d)
-        except TypeError:
-            pass
-    fields = getattr(PreprocessConfig, "__dataclass_fields__", {})
-    return PreprocessConfig(**{k: v for k, v in d.items() if k in fields})
+    known = PreprocessConfig.__dataclass_fields__
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        log.warning("preprocessing keys not known to this polmap, left out: %s", unknown)
+    return PreprocessConfig.from_dict({k: v for k, v in d.items() if k in known})
 
 
 def preprocess_key(cfg: Any) -> str:
-    if hasattr(cfg, "key"):
-        return str(cfg.key())
-    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return str(cfg.key())
 
 
 @st.cache_resource(show_spinner="Fitting the preprocessing (beam centre, descan)…", max_entries=32)
@@ -772,17 +768,6 @@ def canvas_background(sess: Session, image: np.ndarray, scale: int, label_alpha:
     return img.resize((C * scale, R * scale), Image.NEAREST)
 
 
-def _png_uri(rgba: np.ndarray) -> str:
-    """A PNG data URI of an (R, C, 3|4) uint8 image (what go.Image draws fastest and reliably)."""
-    import base64
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgba)).save(buf, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _to_uint8(a: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     finite = np.isfinite(a)
@@ -909,12 +894,9 @@ def _prediction_registry() -> _Registry:
 
 def model_names() -> dict[str, str]:
     """Networks offered: name -> one-line description."""
-    try:
-        from polmap.model import MODELS
+    from polmap.model import MODELS
 
-        return {str(k): str(getattr(v, "description", k)) for k, v in MODELS.items()}
-    except ImportError:
-        return {"compact": "compact CNN (default, fast)", "paper": "the paper's ThreeLayerCnn (8.4 M parameters)"}
+    return {str(k): v.description for k, v in MODELS.items()}
 
 
 def model_preprocess(name: str) -> dict[str, Any]:
@@ -928,20 +910,13 @@ def default_train_settings() -> dict[str, Any]:
     """TrainConfig defaults as a dict (what the Train page starts from)."""
     from polmap.train import TrainConfig
 
-    cfg = TrainConfig()
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg.__dict__)
-    return d
+    return TrainConfig().to_dict()
 
 
 def train_config(settings: dict[str, Any]) -> Any:
     from polmap.train import TrainConfig
 
-    fields = getattr(TrainConfig, "__dataclass_fields__", {})
-    clean = {k: v for k, v in settings.items() if k in fields} if fields else dict(settings)
-    if hasattr(TrainConfig, "from_dict"):
-        with contextlib.suppress(TypeError):
-            return TrainConfig.from_dict(clean)
-    return TrainConfig(**clean)
+    return TrainConfig.from_dict(settings)  # keys it does not know are left out
 
 
 def device_name() -> str:
@@ -1015,7 +990,7 @@ def train(
         provenance={"dataset_fingerprint": ds.fingerprint, "label_hash": sess.labels.hash(), "cache_key": key},
         progress=progress, groups=sess.labels.groups(),
     )
-    rep = getattr(model, "report", {}) or {}
+    rep = model.report
     info = {
         "key": key,
         "model": cfg.model,
@@ -1095,11 +1070,7 @@ def load_model_bytes(data: bytes) -> Any:
 
 
 def model_class_names(model: Any) -> list[str]:
-    for attr in ("class_names", "classes"):
-        v = getattr(model, attr, None)
-        if v is not None:
-            return list(getattr(v, "names", v))
-    return []
+    return list(model.class_names)
 
 
 def check_model_fits(sess: Session, model: Any, meta: dict[str, Any] | None = None) -> None:
@@ -1115,7 +1086,7 @@ def check_model_fits(sess: Session, model: Any, meta: dict[str, Any] | None = No
     if sess.dataset is not None:
         check_compatible(model, sess.dataset)
     meta = meta or {}
-    fp = meta.get("fingerprint") or (getattr(model, "provenance", {}) or {}).get("dataset_fingerprint")
+    fp = meta.get("fingerprint") or model.provenance.get("dataset_fingerprint")
     if fp and sess.dataset is not None and fp != sess.dataset.fingerprint:
         sess.flash("info", f"This model was trained on another dataset (fingerprint {fp}); it is applied as it is.")
 
@@ -1132,7 +1103,7 @@ def upload_model(sess: Session, data: bytes) -> None:
 
 def model_history(model: Any) -> dict[str, list[float]]:
     """Training curves as ``{"epoch", "loss", "val_loss", "val_acc"}`` lists, ensemble members one after another."""
-    h = getattr(model, "history", None) or []
+    h = model.history
     rows: list[dict[str, Any]] = []
     if isinstance(h, dict):
         return {k: list(v) for k, v in h.items()}
@@ -1160,7 +1131,7 @@ def history_rows_to_curves(rows: list[dict[str, Any]]) -> dict[str, list[float]]
 
 def model_preprocess_config(model: Any, fallback: dict[str, Any] | None = None) -> dict[str, Any]:
     """The preprocessing a trained model expects (stored with it), else ``fallback``."""
-    state = getattr(model, "preprocess_state", None) or {}
+    state = model.preprocess_state or {}
     cfg = state.get("config") if isinstance(state, dict) else None
     return dict(cfg) if cfg else dict(fallback or {})
 
@@ -1184,9 +1155,9 @@ def predict(sess: Session, progress: Callable[[int, int], None] | None = None) -
         pred = _predict_scan(sess.model, ds, preprocessor(ds, cfg), progress, sess.classes.names)
         reg.put(key, pred)
         if sess.workspace is not None:
-            sess.workspace.add_prediction(PREDICTION_NAME, prediction_arrays(pred),
+            sess.workspace.add_prediction(PREDICTION_NAME, pred.arrays(),
                                           {"model_key": sess.model_key, "fingerprint": ds.fingerprint,
-                                           "timing": getattr(pred, "timing", {})})
+                                           "timing": pred.timing})
             sess.workspace.log("predicted", model_key=sess.model_key)
             autosave(sess)
     sess.prediction = pred
@@ -1205,18 +1176,6 @@ def _predict_scan(model: Any, ds: Dataset4D, pre: Any, progress: Callable[[int, 
             progress(int(info.get("rows_done", 0)), int(info.get("rows_total", 1)))
 
     return predict_scan(model, ds, pre, progress=prog)
-
-
-def prediction_arrays(pred: Any) -> dict[str, np.ndarray]:
-    """The numeric arrays of a Prediction by name."""
-    if hasattr(pred, "arrays"):
-        return {k: np.asarray(v) for k, v in pred.arrays().items()}
-    out = {}
-    for k in ("probabilities", "label_map", "entropy", "margin", "disagreement"):
-        v = getattr(pred, k, None)
-        if v is not None:
-            out[k] = np.asarray(v)
-    return out
 
 
 # The Map page's uncertainty, by the name it carries everywhere (polmap.uncertainty).
@@ -1601,30 +1560,6 @@ def shown_selection(sess: Session, *context: Any) -> tuple[int, int] | None:
     return sess.other.get("shown_sel")
 
 
-def _under_apptest() -> bool:
-    """True inside ``streamlit.testing`` (its runtime is a mock)."""
-    try:
-        from streamlit.runtime import Runtime
-
-        inst = Runtime._instance
-    except Exception:  # noqa: BLE001
-        return False
-    return inst is not None and type(inst).__module__.startswith("unittest.mock")
-
-
-def rerun_after_label(*fragment_keys: str) -> None:
-    """Called by label callbacks; the widget's own fragment reruns by itself.
-
-    Targeting the sidebar's fragment too (``st.rerun(scope=[...])``) measured
-    3-4 times slower than the plain fragment rerun (about 0.4-0.9 s against
-    0.1-0.15 s on the demo), so the sidebar counts refresh on their own
-    instead (``run_every`` on the pages where labels change). Kept as the one
-    place to change that policy.
-    """
-    return None
-
-
-
 def lattice_guess(ds: Dataset4D) -> tuple[float | None, float]:
     """``(g_px, disk_radius_px)``: first-order disk spacing from the metadata (simulations) or None."""
     from polmap import baseline
@@ -1696,7 +1631,7 @@ def trusted_directions(sess: Session) -> dict[str, Any]:
     from polmap.symmetry import SymmetryMap, verified_directions
 
     declared = sess.classes.directions if sess.classes is not None else {}
-    rep = getattr(sess.model, "report", None) or {}
+    rep = sess.model.report if sess.model is not None else {}
     if not declared or not rep.get("symmetry"):
         return {}
     try:
