@@ -344,7 +344,7 @@ def validate_cbed(orientation: str, thickness_cells: int, sampling: float, log=p
     rel_flip = np.abs(direct - lib_flip).sum() / direct.sum()
     res = {
         "orientation": orientation,
-        "thickness_nm": thickness_cells * height / 10,
+        "thickness_nm": thickness_cells * unit_cell(orientation)[1] / 10,
         "probe_semiangle_mrad": 2.5,
         "supercell": n_lat,
         "n_k_points_per_disk": int(len(kk)),
@@ -395,7 +395,7 @@ def validate_pacbed(orientation: str, thickness_cells: int, sampling: float, alp
     rel = float(np.abs(pacbed - model)[field].sum() / pacbed[field].sum())
     res = {
         "orientation": orientation,
-        "thickness_nm": thickness_cells * height / 10,
+        "thickness_nm": thickness_cells * unit_cell(orientation)[1] / 10,
         "probe_semiangle_mrad": alpha,
         "probe_positions": 16,
         "supercell": n_lat,
@@ -589,10 +589,13 @@ def main(argv: list[str] | None = None) -> int:
         "(nominal charges); the a_domain cell is laid so that P points along +x",
         "beam_energy_kev": ENERGY_EV / 1e3,
         "wavelength_A": lam,
-        "method": "plane-wave multislice (abTEM), exit plane every unit cell, Bragg intensities from FFT of exit wave; CBED pixel at offset k in disk g = I_g(thickness, k + mistilt)",
+        "method": "plane-wave multislice (abTEM), exit plane every unit cell, Bragg intensities from FFT of exit wave; "
+                  "CBED pixel at offset k in disk g = I_g(thickness, k + mistilt)",
         "potential": {"parametrization": "lobato", "projection": "infinite"},
-        "frozen_phonons": {"configs": args.configs, "sigmas_A": MATERIAL["sigmas"], "lateral_supercell": args.supercell, "model": "Einstein (independent Gaussian displacements)"},
-        "tilt_grid_mrad": {"half_width": args.tilt_max, "step": args.tilt_step, "note": "2-D grid, row=y, col=x; symmetry-reduced storage, unfold with *_symmetry_ops"},
+        "frozen_phonons": {"configs": args.configs, "sigmas_A": MATERIAL["sigmas"], "lateral_supercell": args.supercell,
+                           "model": "Einstein (independent Gaussian displacements)"},
+        "tilt_grid_mrad": {"half_width": args.tilt_max, "step": args.tilt_step,
+                           "note": "2-D grid, row=y, col=x; symmetry-reduced storage, unfold with *_symmetry_ops"},
         "max_index": m,
         "orientations": {
             "a_domain": "P in plane along +x (detector column axis); projected c (x) x a (y); beam along a",
