@@ -43,7 +43,8 @@ def measure(repeats: int = 3) -> dict[str, float]:
     """Best-of-``repeats`` seconds for each timed step."""
     from polmap import simulate as S
     from polmap.dataset import Calibration
-    from polmap.maps import domain_walls, image_figure, map_figure, rgb_map
+    from polmap.maps import image_figure, map_figure, rgb_map
+    from polmap.walls import domain_walls
 
     lib = S.load_library()
     n = 2000

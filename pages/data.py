@@ -163,9 +163,11 @@ with st.expander("Calibration", expanded=False):
     with st.form("calibration"):
         c1, c2, c3 = st.columns(3)
         real_step = c1.number_input("Scan step", min_value=0.0, value=float(cal.real_step or 0.0), format="%.4g")
-        real_units = c1.selectbox("Scan units", ["px", "nm", "A"], index=["px", "nm", "A"].index(cal.real_units) if cal.real_units in ("px", "nm", "A") else 0)
+        real_opts, rec_opts = ["px", "nm", "A"], ["px", "mrad", "1/A"]
+        real_units = c1.selectbox("Scan units", real_opts, index=real_opts.index(cal.real_units) if cal.real_units in real_opts else 0)
         rec_step = c2.number_input("Detector pixel", min_value=0.0, value=float(cal.reciprocal_step or 0.0), format="%.4g")
-        rec_units = c2.selectbox("Detector units", ["px", "mrad", "1/A"], index=["px", "mrad", "1/A"].index(cal.reciprocal_units) if cal.reciprocal_units in ("px", "mrad", "1/A") else 0)
+        rec_units = c2.selectbox("Detector units", rec_opts,
+                                 index=rec_opts.index(cal.reciprocal_units) if cal.reciprocal_units in rec_opts else 0)
         kev = c3.number_input("Beam energy (keV)", min_value=0.0, value=float(cal.beam_energy_kev or 0.0))
         conv = c3.number_input("Convergence (mrad)", min_value=0.0, value=float(cal.convergence_mrad or 0.0))
         if st.form_submit_button("Apply calibration"):

@@ -26,18 +26,19 @@ import math
 import os
 import platform
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from polmap.serial import json_safe
+from polmap.walls import domain_walls, near_wall_mask
 
 __all__ = [
     "BenchmarkConfig",
     "Oracle",
     "near_wall_mask",
-    "wall_mask_from_truth",
     "score_map",
     "run_benchmark",
     "markdown_table",
@@ -118,34 +119,6 @@ class Oracle:
 # ---------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------
-def wall_mask_from_truth(truth: np.ndarray) -> np.ndarray:
-    """Positions next to a position of a different (known) class, 4-neighbourhood.
-
-    Both sides of a class boundary are marked. Unknown (-1) positions never make a wall.
-    """
-    t = np.asarray(truth)
-    wall = np.zeros(t.shape, dtype=bool)
-    for axis in (0, 1):
-        a = np.swapaxes(t, 0, axis)
-        w = np.swapaxes(wall, 0, axis)  # view
-        diff = (a[1:] != a[:-1]) & (a[1:] >= 0) & (a[:-1] >= 0)
-        w[1:] |= diff
-        w[:-1] |= diff
-    return wall
-
-
-def near_wall_mask(truth: np.ndarray, distance: float = 2.0) -> np.ndarray:
-    """Known positions within ``distance`` px (Euclidean) of a wall position of the truth map."""
-    from scipy.ndimage import distance_transform_edt
-
-    t = np.asarray(truth)
-    wall = wall_mask_from_truth(t)
-    if not wall.any():
-        return np.zeros(t.shape, dtype=bool)
-    d = distance_transform_edt(~wall)
-    return (d <= distance) & (t >= 0)
-
-
 def _macro_f1(pred: np.ndarray, true: np.ndarray, classes: Sequence[int]) -> float:
     f1s = []
     for k in classes:
@@ -576,7 +549,7 @@ class _Scorer:
 
         self.truth = oracle._score_truth()
         self.near_wall = near_wall_mask(self.truth, wall_distance)
-        wall = wall_mask_from_truth(self.truth)
+        wall = domain_walls(self.truth)
         self.dist = distance_transform_edt(~wall) if wall.any() else np.full(self.truth.shape, np.inf)
 
     def __call__(self, pred_map: np.ndarray, labelled_pos: np.ndarray | None = None) -> dict[str, Any]:
@@ -1075,8 +1048,8 @@ def run_benchmark(
             sets = [(p, c) for _, p, c in labels_at(ref_strategy, ref_budget)]
             baselines["conventional"] = _conventional(dataset, scorer, names, cfg, sets)
             baselines["conventional"]["labels_from"] = f"{ref_strategy} at {ref_budget} labels"
-        except Exception as exc:  # a baseline failing must not lose the benchmark
-            baselines["conventional"] = {"error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - a baseline failing must not lose the benchmark: recorded, traceback kept
+            baselines["conventional"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     speed: dict[str, Any] = {}
     if cfg.end_to_end_speed:
         sets = labels_at(ref_strategy, ref_budget)
@@ -1092,9 +1065,9 @@ def run_benchmark(
     if cfg.paper_budget is not None:
         try:
             baselines["paper"] = _paper_network(dataset, scorer, names, cfg, labels_at(cfg.paper_strategy, cfg.paper_budget), progress)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as for the conventional baseline
             baselines["paper"] = {"budget": cfg.paper_budget, "strategy": cfg.paper_strategy,
-                                  "error": f"{type(exc).__name__}: {exc}"}
+                                  "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     # Speed: forward pass of each network on preprocessed patterns, in this run.
     pp = [cp["patterns_per_s"] for st in strategies.values() for run in st["runs"] for cp in run["checkpoints"]
           if cp.get("patterns_per_s")]
@@ -1132,7 +1105,7 @@ def run_benchmark(
             "class_names": names,
             "class_counts": {n: int(c) for n, c in zip(names, counts)},
             "n_known": n_known,
-            "n_wall": int(wall_mask_from_truth(label_map).sum()),
+            "n_wall": int(domain_walls(label_map).sum()),
             "n_near_wall": int(scorer.near_wall.sum()),
             "preset": (dataset.metadata or {}).get("preset"),
             "declared_directions": directions,

@@ -30,7 +30,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from polmap.dataset import DatasetError
 
 
 

@@ -267,7 +267,7 @@ class _Prefetch:
                     self._q.put(("end", None))
                     return
                 self._q.put(("item", item))
-        except BaseException as exc:  # handed to the consumer, raised there
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread, raised there
             self._q.put(("error", exc))
 
     def __iter__(self) -> "_Prefetch":

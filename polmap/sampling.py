@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from polmap import uncertainty as unc
+from polmap.walls import domain_walls
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -644,7 +645,6 @@ def _adaptive(
     u_map = uncertainty_map(ctx.probabilities, uncertainty)
     u = u_map.ravel() * w_uncertainty
     w = wall_likelihood(ctx.probabilities).ravel() * w_wall
-    from polmap.maps import domain_walls  # plotly-heavy module: imported when needed
 
     on_wall = domain_walls(ctx.probabilities).ravel()
     C = ctx.scan_shape[1]

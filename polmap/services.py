@@ -44,7 +44,7 @@ import numpy as np
 import streamlit as st
 
 from polmap import settings
-from polmap.labels import CLASS_PRESETS
+from polmap.labels import CLASS_PRESETS as CLASS_PRESETS  # for the pages
 from polmap.uncertainty import DEFINITIONS as UNCERTAINTY_DEFINITIONS
 from polmap.uncertainty import NAMES as UNCERTAINTY_NAMES
 from polmap.dataset import Dataset4D, DatasetError
@@ -168,7 +168,8 @@ def _rerun_exceptions() -> tuple[type[BaseException], ...]:
         from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 
         return (RerunException, StopException)
-    except Exception:  # pragma: no cover - streamlit internals moved
+    except ImportError:  # pragma: no cover - streamlit internals moved: logged, reruns then look like errors
+        log.error("Streamlit's rerun/stop exceptions not found: polmap needs updating for this Streamlit")
         return ()
 
 
@@ -1298,8 +1299,8 @@ def export_labels_csv(sess: Session) -> bytes:
 
 
 def domain_walls(sess: Session, pred: Any) -> np.ndarray:
-    """Positions where the predicted class changes (``polmap.maps.domain_walls``)."""
-    from polmap.maps import domain_walls as dw
+    """Positions where the predicted class changes (``polmap.walls.domain_walls``, one-pixel lines)."""
+    from polmap.walls import domain_walls as dw
 
     return dw(np.asarray(pred.label_map), thin=True)
 

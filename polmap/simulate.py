@@ -26,7 +26,6 @@ increasing column, ``+y`` towards increasing row.
 
 from __future__ import annotations
 
-import colorsys
 import copy
 import dataclasses
 import functools

@@ -600,7 +600,7 @@ class TrainedModel:
             ) from None
         except FileNotFoundError:
             raise
-        except Exception as exc:  # truncated zip, not a torch file, ...
+        except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, ...: all one user error
             raise CheckpointError(f"{where}: not a readable polmap checkpoint ({type(exc).__name__}: {exc})") from None
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{where}: not a polmap model checkpoint (format={getattr(payload, 'get', lambda k: None)('format')!r})")
@@ -1225,7 +1225,7 @@ def train_model(
                         # Once stopped, epochs that other threads finished meanwhile are not shown.
                         if progress is not None and not stop.is_set():
                             progress(item)
-                    except BaseException as exc:  # a failing callback stops training, cleanly
+                    except BaseException as exc:  # noqa: BLE001 - a failing callback stops training, re-raised after
                         failure = failure or exc
                     finally:
                         delivered.set()

@@ -368,7 +368,7 @@ def _iter_blocks(dataset: Dataset4D, max_bytes: int) -> Iterator[tuple[slice, np
                 backing.read_direct(buf, np.s_[start : start + n], np.s_[0:n])
                 ready.put((slice(start, start + n), buf))
             ready.put(None)
-        except BaseException as exc:  # surfaced in the consumer
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
             ready.put(exc)
 
     thread = threading.Thread(target=reader, name="polmap-reader", daemon=True)

@@ -7,7 +7,6 @@ takes well under a minute of CPU; training uses 2 members x 3 epochs.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import h5py

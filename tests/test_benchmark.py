@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from polmap import benchmark as bm
-from polmap.benchmark import BenchmarkConfig, Oracle, near_wall_mask, score_map, wall_mask_from_truth
+from polmap.benchmark import BenchmarkConfig, Oracle, score_map
+from polmap.walls import domain_walls, near_wall_mask
 
 # Small and quick: a couple of epochs, two members (the numbers are not the point here).
 FAST_TRAIN = {"epochs": 2, "n_members": 2, "samples_per_epoch": 32, "batch_size": 16}
@@ -22,7 +23,7 @@ def test_wall_mask_marks_both_sides_and_ignores_unknown() -> None:
     t = np.zeros((4, 6), dtype=int)
     t[:, 3:] = 1
     t[0, 0] = -1
-    w = wall_mask_from_truth(t)
+    w = domain_walls(t)
     assert w[:, 2].all() and w[:, 3].all()
     assert w.sum() == 8
     # An unknown position next to a known one is not a wall.

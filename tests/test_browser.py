@@ -182,7 +182,7 @@ def _diagnosed(page, server) -> Iterator[None]:
             SHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOTS / "failure.png"), full_page=True)
             txt = _text(page)[-3000:]
-        except Exception as e2:  # the page itself may be gone
+        except Exception as e2:  # noqa: BLE001 - the page itself may be gone; the real error follows
             txt = f"(page unreadable: {e2})"
         log = Path(server["log"]).read_text(errors="replace")[-3000:] if Path(server["log"]).exists() else ""
         raise AssertionError(f"{exc}\n--- page text (end) ---\n{txt}\n--- server log (end) ---\n{log}") from exc

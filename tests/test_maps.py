@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from polmap.dataset import Calibration
+from polmap.walls import domain_walls, wall_statistics
 from polmap.maps import (
     MAX_PICK_POINTS,
     PAPER_REFERENCE,
@@ -20,7 +21,6 @@ from polmap.maps import (
     curves_figure,
     direction_color,
     direction_rgb,
-    domain_walls,
     draw_mask,
     export_png,
     image_figure,
@@ -31,7 +31,6 @@ from polmap.maps import (
     pattern_figure,
     rgb_map,
     selected_positions,
-    wall_statistics,
 )
 
 RGB3 = ["#ff0000", "#00ff00", "#0000ff"]
