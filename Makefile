@@ -7,10 +7,10 @@ REQ_HASH := $(shell cat requirements.txt requirements-dev.txt pyproject.toml | s
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 PORT ?= 8501
 
-.PHONY: run test test-fast bench browser-deps demo clean help
+.PHONY: run test test-fast lint bench browser-deps demo clean help
 
 help:
-	@echo "make run | test | test-fast | bench | demo | clean"
+	@echo "make run | test | test-fast | lint | bench | demo | clean"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,7 +30,12 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "chromium missing: run 'sudo apt-get install -y chromium chromium-driver' for the browser test"; exit 1; fi; }
 
-test: $(STAMP) browser-deps
+# The linter and the import contracts (pyproject.toml) first: a layering break fails fast.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: $(STAMP) browser-deps lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

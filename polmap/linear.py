@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from polmap.augment import SYMMETRY_OPS, apply_op
+from polmap.detector_symmetry import SYMMETRY_OPS, apply_op
 
 __all__ = ["WhitenedSpace", "fit_discriminant", "log_proba"]
 

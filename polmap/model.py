@@ -38,6 +38,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from polmap.preprocess import INPUT_PRESETS
+
 __all__ = [
     "MODELS",
     "CompactNet",
@@ -288,11 +290,6 @@ class ModelSpec:
     families: tuple[str, ...] = ()
 
 
-#: Centred, sqrt-scaled 48 px patterns, each averaged with its 3 x 3 scan neighbours.
-_BOXED_48: dict[str, Any] = dict(
-    bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=3, box_mode="mean",
-    output_size=48,
-)
 
 #: Registered architectures by name.
 MODELS: dict[str, ModelSpec] = {
@@ -304,7 +301,7 @@ MODELS: dict[str, ModelSpec] = {
         # Each pattern averaged with its 3 x 3 scan neighbours: measured with 20/50 random labels
         # (2 seeds), external bubbles 82.3/95.9 -> 94.9/97.7 %, external mixed (2e4 e-) 53.4/65.9
         # -> 62.8/85.4 %, demo 86.9/99.6 -> 91.9/99.6 %, hard 79.1/98.8 -> 81.4/98.6 %.
-        preprocess=_BOXED_48,
+        preprocess=INPUT_PRESETS["boxed48"],
         families=("compact", "linear"),
     ),
     "compact": ModelSpec(
@@ -312,9 +309,7 @@ MODELS: dict[str, ModelSpec] = {
         default_input_size=48,
         description="compact CNN, 61 k parameters, 48 px; ensemble members alternate with and without "
         "antisymmetric (Friedel) input channels",
-        preprocess=dict(
-            bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=1, output_size=48
-        ),
+        preprocess=INPUT_PRESETS["centred48"],
         # Measured on simulated scans: members that see the antisymmetric parts
         # and members that see only the pattern fail on different label sets
         # (where the Friedel asymmetry vanishes with thickness vs. elsewhere);
@@ -325,17 +320,13 @@ MODELS: dict[str, ModelSpec] = {
         builder=LinearDiscriminant,
         default_input_size=48,
         description="linear discriminant in a whitened principal-component space of the scan (closed form)",
-        preprocess=_BOXED_48,
+        preprocess=INPUT_PRESETS["boxed48"],
     ),
     "paper": ModelSpec(
         builder=ThreeLayerCnn,
         default_input_size=256,
         description="paper's ThreeLayerCnn (Hardy et al. 2025), ~8.4 M parameters, 256 px",
-        # As published: 5 x 5 boxing, min-max, 256 px, no centring, no log, no hot-pixel repair.
-        preprocess=dict(
-            bin_factor=1, crop_radius=None, centring="none", scaling="none", normalise="minmax", boxing=5,
-            output_size=256, hot_pixel_repair=False,
-        ),
+        preprocess=INPUT_PRESETS["paper256"],
     ),
 }
 

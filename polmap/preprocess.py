@@ -54,6 +54,7 @@ __all__ = [
     "SCALINGS",
     "SHIFT_METHODS",
     "BOX_MODES",
+    "INPUT_PRESETS",
     "PreprocessConfig",
     "Preprocessor",
     "bin_patterns",
@@ -70,6 +71,20 @@ SCALINGS = ("none", "log", "sqrt")
 NORMALISATIONS = ("none", "max", "minmax", "sum")
 SHIFT_METHODS = ("fourier", "bilinear")
 BOX_MODES = ("max", "mean")
+
+#: Named preprocessing recipes (``PreprocessConfig`` fields): the models declare theirs from here,
+#: and the cold-start features use ``centred48``.
+INPUT_PRESETS: dict[str, dict] = {
+    # centred, sqrt-scaled 48 px patterns
+    "centred48": dict(bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=1,
+                      output_size=48),
+    # the same, each pattern averaged with its 3 x 3 scan neighbours
+    "boxed48": dict(bin_factor=1, crop_radius=None, centring="disk", scaling="sqrt", normalise="max", boxing=3,
+                    box_mode="mean", output_size=48),
+    # the paper's, as published: 5 x 5 boxing, min-max, 256 px, no centring, no log, no hot-pixel repair
+    "paper256": dict(bin_factor=1, crop_radius=None, centring="none", scaling="none", normalise="minmax", boxing=5,
+                     output_size=256, hot_pixel_repair=False),
+}
 
 STATE_FORMAT = "polmap-preprocess"
 STATE_VERSION = 1

@@ -736,8 +736,8 @@ def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, poo
     ----------
     dataset : Dataset4D
     preprocess : dict, optional
-        :class:`polmap.preprocess.PreprocessConfig` fields; default: the
-        compact network's preprocessing.
+        :class:`polmap.preprocess.PreprocessConfig` fields; default
+        ``INPUT_PRESETS["centred48"]`` (the compact network's).
     pool : int
     progress : callable, optional
         ``progress(rows_done, rows_total)`` after every chunk.
@@ -749,10 +749,9 @@ def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, poo
     ndarray of float32, shape (rows * cols, F)
         Row-major over the scan, ready for ``suggest(..., features=...)``.
     """
-    from polmap.model import default_preprocess
-    from polmap.preprocess import PreprocessConfig, Preprocessor
+    from polmap.preprocess import INPUT_PRESETS, PreprocessConfig, Preprocessor
 
-    cfg = dict(default_preprocess("compact")) if preprocess is None else dict(preprocess)
+    cfg = dict(INPUT_PRESETS["centred48"]) if preprocess is None else dict(preprocess)
     pre = Preprocessor(PreprocessConfig(**cfg)).fit(dataset)
     R, C = dataset.scan_shape
     out: np.ndarray | None = None

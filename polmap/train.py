@@ -46,7 +46,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from polmap.augment import SYMMETRY_OPS, AugmentConfig, Augmenter
+from polmap.augment import AugmentConfig, Augmenter
+from polmap.detector_symmetry import SYMMETRY_OPS
 from polmap.model import (
     MODELS,
     SeededDropout,

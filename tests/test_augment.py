@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from polmap.augment import (
-    OP_MATRICES,
-    SYMMETRY_OPS,
-    AugmentConfig,
-    Augmenter,
-    apply_op,
-    compose_ops,
-)
+from polmap.augment import AugmentConfig, Augmenter
+from polmap.detector_symmetry import OP_MATRICES, SYMMETRY_OPS, apply_op, compose_ops
 from polmap.symmetry import declared_arrows
 
 SIGNED = ["none", "+x", "-x", "+y", "-y"]

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from polmap.augment import SYMMETRY_OPS
+from polmap.detector_symmetry import SYMMETRY_OPS
 from polmap.model import default_preprocess
 from polmap.preprocess import PreprocessConfig, Preprocessor
 from polmap.simulate import get_preset, simulate_scan

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from polmap.augment import SYMMETRY_OPS, AugmentConfig
+from polmap.augment import AugmentConfig
+from polmap.detector_symmetry import SYMMETRY_OPS
 from polmap.symmetry import SymmetryMap, declared_arrows
 from polmap.train import (
     CheckpointError,
