@@ -9,8 +9,9 @@ Two baselines:
   vector; the means are learnt from labelled positions (what a user could do) or
   from the full ground truth ("oracle": the best this rule can ever do). No class
   name is read: any class set works.
-* **PCA + kNN** -- PCA(20) fitted on all preprocessed patterns, a 5-nearest-neighbour
-  classifier on the labelled ones (scikit-learn).
+* **PCA + kNN** -- PCA(20) fitted on the labelled preprocessed patterns, a
+  5-nearest-neighbour classifier on their scores (scikit-learn), on the inputs the
+  network sees (:func:`pca_knn_map`).
 
 Every pass over the data is chunked: ``data`` is a 4-D array ``(R, C, Qr, Qc)`` or
 any object with ``iter_chunks(max_bytes)`` yielding ``(row_slice, block)`` (e.g.
@@ -35,8 +36,7 @@ __all__ = [
     "find_bad_pixels",
     "lattice_from_metadata",
     "mean_pattern",
-    "PcaKnnResult",
-    "pca_knn",
+    "pca_knn_map",
     "rule_accuracy",
 ]
 
@@ -390,103 +390,56 @@ def calibrate_rule(
 # --------------------------------------------------------------------------------------
 # PCA + kNN
 # --------------------------------------------------------------------------------------
-@dataclass
-class PcaKnnResult:
-    """Output of :func:`pca_knn`.
-
-    Attributes
-    ----------
-    label_map : (R, C) int16
-    probabilities : (R, C, K) float32
-        kNN vote fractions.
-    explained_variance_ratio : (n_components,) float
-    """
-
-    label_map: np.ndarray
-    probabilities: np.ndarray
-    explained_variance_ratio: np.ndarray
 
 
-def _pca_features(block: np.ndarray, bad: np.ndarray, shift: np.ndarray, bin_factor: int) -> np.ndarray:
-    """Repair, undo descan by an integer roll, bin, sqrt and normalise each pattern."""
-    n, Qr, Qc = block.shape
-    block = _repair(block, bad)
-    out = np.empty_like(block)
-    for i in range(n):
-        out[i] = np.roll(block[i], (-int(shift[i, 0]), -int(shift[i, 1])), axis=(0, 1))
-    if bin_factor > 1:
-        b = bin_factor
-        out = out[:, : Qr // b * b, : Qc // b * b].reshape(n, Qr // b, b, Qc // b, b).sum(axis=(2, 4))
-    out = np.sqrt(np.maximum(out, 0))
-    out /= np.maximum(out.sum(axis=(1, 2), keepdims=True), 1e-12)
-    return out.reshape(n, -1)
-
-
-def pca_knn(
-    data: Any,
+def pca_knn_map(
+    patterns: np.ndarray,
     positions: np.ndarray,
     classes: np.ndarray,
-    n_classes: int,
+    scan_shape: tuple[int, int],
     *,
     n_components: int = 20,
     n_neighbors: int = 5,
-    disk_radius_px: float | None = None,
-    bin_factor: int = 2,
     seed: int = 0,
-    max_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> PcaKnnResult:
-    """PCA fitted on all preprocessed patterns, kNN on the labelled ones.
-
-    Preprocessing: bad-pixel repair, integer re-centring on the fitted descan plane
-    of the bright-field disk, ``bin_factor`` binning, square root, unit sum.
+) -> np.ndarray:
+    """Martinc et al.'s baseline: PCA fitted on the labelled patterns, kNN on their scores.
 
     Parameters
     ----------
-    data : 4-D array or object with ``iter_chunks``
-    positions : (M, 2) int
-        Labelled scan positions (row, col).
-    classes : (M,) int
-        Their classes in ``range(n_classes)``.
-    n_classes : int
+    patterns : ndarray, shape (R * C, F)
+        Every scan position's preprocessed pattern, flattened, row-major (the
+        inputs the network sees, so that the comparison is fair).
+    positions : ndarray of int, shape (M, 2)
+        Labelled ``(row, col)``.
+    classes : ndarray of int, shape (M,)
+    scan_shape : (R, C)
     n_components, n_neighbors : int
-        PCA components (20) and neighbours (5).
-    disk_radius_px : float, optional
-        Bright-field disk radius for the centring; default Qr / 12.
-    bin_factor : int
+        PCA components (at most M - 1) and neighbours (at most M).
     seed : int
-        Seed of the randomized SVD.
-    max_bytes : int
 
     Returns
     -------
-    PcaKnnResult
+    ndarray of int64, shape (R, C)
+        The predicted class of every position (the one class when only one is labelled).
     """
     from sklearn.decomposition import PCA
     from sklearn.neighbors import KNeighborsClassifier
 
-    R, C, Qr, Qc = _shape(data)
-    pos = np.asarray(positions, dtype=int)
+    R, C = scan_shape
+    X = np.asarray(patterns)
+    if X.ndim != 2 or len(X) != R * C:
+        raise ValueError(f"patterns must have shape ({R * C}, F) for a {R} x {C} scan, found {X.shape}")
+    pos = np.asarray(positions, dtype=int).reshape(-1, 2)
     y = np.asarray(classes, dtype=int)
     if len(pos) != len(y) or len(y) == 0:
         raise ValueError(f"need matching non-empty positions and classes, got {len(pos)} and {len(y)}")
-    radius = disk_radius_px if disk_radius_px is not None else Qr / 12
-    mean = mean_pattern(data, max_bytes)
-    bad = find_bad_pixels(mean)
-    centre0 = np.array([(Qr - 1) / 2, (Qc - 1) / 2])
-    centres = np.zeros((R, C, 2))
-    for rows, block in _iter_blocks(data, max_bytes):
-        centres[rows] = _disk_centres(_repair(block, bad).reshape(-1, Qr, Qc), centre0, radius).reshape(-1, C, 2)
-    shift = np.rint(_fit_plane(centres) - centre0)
-    feats = []
-    for rows, block in _iter_blocks(data, max_bytes):
-        feats.append(_pca_features(block.reshape(-1, Qr, Qc), bad, shift[rows].reshape(-1, 2), bin_factor))
-    X = np.concatenate(feats).astype(np.float32)
-    pca = PCA(n_components=min(n_components, X.shape[0], X.shape[1]), svd_solver="randomized", random_state=seed)
-    Z = pca.fit_transform(X)
-    knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, len(y)))
-    knn.fit(Z[pos[:, 0] * C + pos[:, 1]], y)
-    proba_known = knn.predict_proba(Z)
-    proba = np.zeros((R * C, n_classes), dtype=np.float32)
-    proba[:, knn.classes_] = proba_known
-    label_map = np.argmax(proba, axis=1).reshape(R, C).astype(np.int16)
-    return PcaKnnResult(label_map, proba.reshape(R, C, n_classes), pca.explained_variance_ratio_)
+    if len(np.unique(y)) < 2:
+        return np.full((R, C), int(y[0]), dtype=np.int64)
+    flat = pos[:, 0] * C + pos[:, 1]
+    n_comp = int(min(n_components, len(flat) - 1, X.shape[1]))
+    pca = PCA(n_components=max(1, n_comp), random_state=seed).fit(X[flat])
+    knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, len(flat))).fit(pca.transform(X[flat]), y)
+    out = np.empty(len(X), dtype=np.int64)
+    for s0 in range(0, len(X), 8192):  # bounded memory on large scans
+        out[s0 : s0 + 8192] = knn.predict(pca.transform(X[s0 : s0 + 8192]))
+    return out.reshape(R, C)

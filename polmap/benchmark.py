@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from polmap import baseline
 from polmap.serial import json_safe
 from polmap.walls import domain_walls, near_wall_mask
 
@@ -641,24 +642,6 @@ def _linear_map(
     return tm.predict(X_all).reshape(R, C)
 
 
-def _pca_knn_map(X_flat: np.ndarray, pos: np.ndarray, cls: np.ndarray, scan_shape: tuple[int, int], seed: int) -> np.ndarray:
-    # Martinc et al.'s baseline, PCA(20) + kNN(5), on the same preprocessed inputs the network sees.
-    R, C = scan_shape
-    flat = pos[:, 0] * C + pos[:, 1]
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import KNeighborsClassifier
-
-    if len(np.unique(cls)) < 2:
-        return np.full((R, C), int(cls[0]))
-    n_comp = int(min(20, len(flat) - 1, X_flat.shape[1]))
-    pca = PCA(n_components=max(1, n_comp), random_state=seed).fit(X_flat[flat])
-    knn = KNeighborsClassifier(n_neighbors=min(5, len(flat))).fit(pca.transform(X_flat[flat]), cls)
-    out = np.empty(len(X_flat), dtype=np.int64)
-    for s in range(0, len(X_flat), 8192):
-        out[s : s + 8192] = knn.predict(pca.transform(X_flat[s : s + 8192]))
-    return out.reshape(R, C)
-
-
 def _run_strategy(
     strategy: str,
     seed: int,
@@ -735,7 +718,7 @@ def _run_strategy(
             info.pop("symmetry", None)
             if cfg.pca_knn:
                 t0 = time.perf_counter()
-                pk = _pca_knn_map(X_flat, pos, cls, (R, C), seed)
+                pk = baseline.pca_knn_map(X_flat, pos, cls, (R, C), seed=seed)
                 s = scorer(pk, pos)
                 row.update({f"pca_knn_{m}": v for m, v in s.items()})
                 row["pca_knn_s"] = time.perf_counter() - t0
@@ -830,7 +813,6 @@ def _conventional(
     label_sets: list[tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, Any]:
     """The COM / Friedel virtual-detector rule, calibrated on the full truth (its best case) and on labels."""
-    from polmap import baseline
 
     g_px, radius = cfg.conventional_g_px, cfg.conventional_disk_radius_px
     if g_px is None or radius is None:

@@ -124,16 +124,25 @@ def test_friedel_rule_is_fooled_by_mistilt_and_wedge():
 
 
 def test_pca_knn_learns_the_control(control_scan):
+    from polmap.io import open_dataset
+    from polmap.preprocess import INPUT_PRESETS, PreprocessConfig, Preprocessor
+
     scan = control_scan
     R, C = scan.label_map.shape
+    ds = open_dataset(scan.data)
+    pre = Preprocessor(PreprocessConfig(**INPUT_PRESETS["centred48"])).fit(ds)
+    X = np.concatenate([x for _, x in pre.iter_transformed(ds)])
     idx = np.random.default_rng(3).choice(R * C, 60, replace=False)
     pos = np.stack([idx // C, idx % C], axis=1)
-    res = B.pca_knn(scan.data, pos, scan.label_map[pos[:, 0], pos[:, 1]], len(scan.class_names), disk_radius_px=2.5)
-    acc = B.rule_accuracy(res.label_map, scan.label_map)
+    pred = B.pca_knn_map(X.reshape(R * C, -1), pos, scan.label_map[pos[:, 0], pos[:, 1]], (R, C))
+    acc = B.rule_accuracy(pred, scan.label_map)
     print(f"control: PCA(20)+kNN(5) with 60 labels: {acc:.3f}")
-    assert res.probabilities.shape == (R, C, 5)
-    np.testing.assert_allclose(res.probabilities.sum(axis=2), 1.0, atol=1e-6)
+    assert pred.shape == (R, C) and set(np.unique(pred)) <= set(range(len(scan.class_names)))
     assert acc > 0.8
+    # one labelled class: that class everywhere; bad shapes named
+    assert (B.pca_knn_map(X.reshape(R * C, -1), pos[:3], np.zeros(3, int), (R, C)) == 0).all()
+    with pytest.raises(ValueError, match=r"patterns must have shape"):
+        B.pca_knn_map(X.reshape(R * C, -1)[:-1], pos, scan.label_map[pos[:, 0], pos[:, 1]], (R, C))
 
 
 def test_bad_pixels_of_a_simulated_scan_are_all_found():
