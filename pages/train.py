@@ -119,7 +119,8 @@ if sess.model is not None:
     if verdict.get("level") in ("failure", "warning"):
         box = st.error if verdict["level"] == "failure" else st.warning
         causes = "".join(f"\n- {c[:1].upper() + c[1:]}" for c in verdict.get("causes", []))
-        box(f"**{verdict['headline'][:1].upper() + verdict['headline'][1:]}.**" + (f"\n\nLikely causes:{causes}" if causes else ""))
+        title = verdict.get("causes_title", "likely causes").capitalize()
+        box(f"**{verdict['headline'][:1].upper() + verdict['headline'][1:]}.**" + (f"\n\n{title}:{causes}" if causes else ""))
     if info.get("validation"):
         st.caption(info["validation"])
     if info.get("family_note"):

@@ -249,7 +249,7 @@ def _train(args: argparse.Namespace) -> int:
     if verdict.get("level") in ("warning", "failure"):
         _say(args, f"{'FAILURE' if verdict['level'] == 'failure' else 'warning'}: {verdict['headline']}")
         for c in verdict.get("causes", []):
-            _say(args, f"  likely cause: {c}")
+            _say(args, f"  {verdict.get('causes_title', 'likely causes').rstrip('s')}: {c}")
     print(args.out)
     return 0
 

@@ -1266,7 +1266,9 @@ def assess(report: dict[str, Any]) -> dict[str, Any]:
     -------
     dict
         ``level`` (``"ok"``, ``"warning"`` or ``"failure"``), ``headline`` (one
-        sentence) and ``causes`` (likely reasons, each a sentence). A model
+        sentence), ``causes`` (each a sentence) and ``causes_title``: "likely
+        causes" of a failure or of a low accuracy, "caveats" beside a good
+        accuracy (e.g. a class with too few labels to trust it). A model
         whose out-of-fold accuracy is not clearly above chance is a failure,
         whatever its training loss says.
     """
@@ -1289,7 +1291,7 @@ def assess(report: dict[str, Any]) -> dict[str, Any]:
     cm = report.get("oof_confusion")
     if oof is None:
         return {"level": "warning", "headline": "accuracy unknown: " + str(report.get("validation_note", "no validation")),
-                "causes": causes}
+                "causes": causes, "causes_title": "caveats"}
     names = list((report.get("label_counts") or {}).keys())
     chance, confused = 0.0, []
     if cm:
@@ -1311,12 +1313,14 @@ def assess(report: dict[str, Any]) -> dict[str, Any]:
             "headline": f"out-of-fold accuracy {100 * oof:.0f} % is near chance ({100 * chance:.0f} %) on "
                         f"{n_val} held-out labels: this model has not learnt the classes; do not trust its map",
             "causes": causes or ["the classes may not differ in these patterns, or the labels are too few"],
+            "causes_title": "likely causes",
         }
-    if causes or oof < 0.8:
-        return {"level": "warning", "headline": f"out-of-fold accuracy {100 * oof:.0f} % on {n_val} held-out labels",
-                "causes": causes}
-    return {"level": "ok", "headline": f"out-of-fold accuracy {100 * oof:.0f} % on {n_val} held-out labels",
-            "causes": causes}
+    headline = f"out-of-fold accuracy {100 * oof:.0f} % on {n_val} held-out labels"
+    if oof < 0.8:
+        return {"level": "warning", "headline": headline, "causes": causes, "causes_title": "likely causes"}
+    if causes:
+        return {"level": "warning", "headline": headline + ", with a caveat", "causes": causes, "causes_title": "caveats"}
+    return {"level": "ok", "headline": headline, "causes": causes, "causes_title": "caveats"}
 
 
 def gate_members(fit_accuracy: dict[int, float], gap: float | None) -> set[int]:

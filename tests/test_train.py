@@ -421,8 +421,21 @@ def test_assessment_calls_chance_level_a_failure(toy: dict[str, np.ndarray]) -> 
     m = _fit(toy["X"], y_random, SIGNED, fast_config(model="linear"), scan_patterns=toy["X_test"])
     verdict = m.report["assessment"]
     assert verdict["level"] == "failure" and "near chance" in verdict["headline"]
-    assert verdict["causes"]
+    assert verdict["causes"] and verdict["causes_title"] == "likely causes"
     assert assess({"validation_note": "no validation possible: only 3 labels"})["level"] == "warning"
+    # a good accuracy with a class of 2 labels: a warning whose reasons are caveats, not causes of a failure
+    cm = [[10, 0, 0], [0, 10, 0], [0, 0, 2]]
+    good = assess({"oof_accuracy": 1.0, "n_validated": 22, "oof_confusion": cm,
+                   "label_counts": {"a": 10, "b": 10, "c": 2}})
+    assert good["level"] == "warning" and good["causes_title"] == "caveats"
+    assert good["headline"] == "out-of-fold accuracy 100 % on 22 held-out labels, with a caveat"
+    assert good["causes"] == ["too few labels for ['c'] (fewer than 3 each): label more of them"]
+    weak = assess({"oof_accuracy": 0.7, "n_validated": 30, "oof_confusion": [[10, 5], [4, 11]],
+                   "label_counts": {"a": 15, "b": 15}})
+    assert weak["level"] == "warning" and weak["causes_title"] == "likely causes"
+    ok = assess({"oof_accuracy": 0.95, "n_validated": 40, "oof_confusion": [[19, 1], [1, 19]],
+                 "label_counts": {"a": 20, "b": 20}})
+    assert ok["level"] == "ok" and not ok["causes"]
 
 
 def test_members_alternate_architectures_and_survive_a_round_trip(trained: TrainedModel) -> None:
