@@ -391,3 +391,75 @@ def test_upload_opens_a_scan_and_refuses_one_too_big(server, tmp_path: Path) -> 
         assert "5 x 6 scan" in _text(page)  # the session goes on with the last good scan
         _no_traceback(page)
         browser.close()
+
+
+EXTERNAL = REPO.parent / "shared" / "data" / "external" / "bubbles180_tilt.h5"
+
+
+@pytest.mark.skipif(not EXTERNAL.exists(), reason=f"{EXTERNAL} not present (the external scans live beside the repo)")
+def test_a_scan_polmap_did_not_make(server, tmp_path: Path) -> None:
+    """An external multislice file from the data folder: its truth and calibration are read, the loop runs,
+    and the map shows the accuracy against its ground truth on calibrated (nm) axes."""
+    import shutil
+
+    import h5py
+    from playwright.sync_api import sync_playwright
+
+    root = Path(server["env"]["POLMAP_DATA_ROOT"])
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(EXTERNAL, root / EXTERNAL.name)  # a copy in the temporary data folder, never in the repo
+    with h5py.File(EXTERNAL, "r") as f:
+        truth = f["ground_truth"][()]
+    R, C = truth.shape
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1350})
+        page.set_default_timeout(60000)
+        with _diagnosed(page, server):
+            page.goto(server["url"])
+            page.get_by_text("Mean pattern with the detectors").wait_for(timeout=120000)
+            page.get_by_role("tab", name="Data folder").click()
+            page.get_by_label("…or a path relative to the data folder").fill(EXTERNAL.name)
+            page.get_by_label("…or a path relative to the data folder").press("Enter")
+            _settle(page, 0.3)
+            page.get_by_role("button", name="Open file").click()
+            page.get_by_text(f"{R} x {C} scan").first.wait_for(timeout=120000)
+            _no_traceback(page)
+            _shot(page, "external_data")
+
+            _nav(page, "Suggest")
+            page.locator("[data-testid='stNumberInput'] input").first.fill("20")
+            page.get_by_role("button", name="Suggest", exact=True).click()
+            page.get_by_text("Suggestion 1 of").wait_for(timeout=300000)
+            for _ in range(20):
+                m = re.search(r"#(\d+) at \(row (\d+), col (\d+)\)", _text(page))
+                if m is None:
+                    break
+                r, c = int(m.group(2)), int(m.group(3))
+                page.locator(f".st-key-clsbtn_suggest_{int(truth[r, c])} button").first.click()
+                page.wait_for_function(f"() => !document.body.innerText.includes('at (row {r}, col {c})')",
+                                       timeout=30000)
+            page.get_by_text("suggestions answered").wait_for()
+
+            _nav(page, "Train")
+            page.get_by_text("Settings").click()
+            _fill(page, "Epochs (most, per member)", EPOCHS)
+            _fill(page, "Ensemble members (= cross-validation folds)", MEMBERS)
+            page.get_by_role("button", name="Train", exact=True).click()
+            page.get_by_text("Current model").wait_for(timeout=600000)
+            _no_traceback(page)
+            _shot(page, "external_train")
+
+            _nav(page, "Map")
+            page.get_by_text("Accuracy vs ground truth").wait_for(timeout=300000)
+            txt = _text(page)
+            m = re.search(r"Accuracy vs ground truth\s*\n\s*([\d.]+)%", txt)
+            assert m is not None, txt[-1500:]
+            acc = float(m.group(1))
+            assert acc > 50.0, f"map accuracy {acc} % on the external file (5 classes: chance is about 20-30 %)"
+            xtitle = page.locator(".st-key-map_fig .xtitle").first.text_content()
+            assert "nm" in xtitle, xtitle  # scan_step_nm read from the file
+            page.mouse.move(1400, 1300)
+            _shot(page, "external_map")
+            _no_traceback(page)
+        browser.close()
