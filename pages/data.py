@@ -130,7 +130,8 @@ with svc.guarded("Computing the virtual images"):
         logp = st.toggle("log scale", value=True, key="mean_log")
         cy, cx = v.centre
         st.plotly_chart(
-            svc.pattern_figure(v.mean_pattern, log=logp, title="Mean pattern with the detectors", detectors=v, height=380),
+            svc.pattern_figure(v.mean_pattern, log=logp, title="Mean pattern with the detectors", detectors=v, height=380,
+                              calibration=ds.calibration),
             key="data_mean", config={"displaylogo": False},
         )
         st.caption(f"BF disk r = {v.bf_radius:.1f} px; ADF {v.adf_inner:.1f}–{v.adf_outer:.1f} px; "
@@ -212,7 +213,7 @@ with st.expander("Preprocessing (what the network sees)", expanded=True):
         with svc.guarded("Preview"):
             raw, pre = svc.preview_patterns(ds, sess.preprocess, int(prow), int(pcol))
             b1, b2 = st.columns(2)
-            b1.plotly_chart(svc.pattern_figure(raw, log=True, title="before (raw, log)", height=260), key="prev_raw")
+            b1.plotly_chart(svc.pattern_figure(raw, log=True, title="before (raw, log)", height=260, calibration=ds.calibration), key="prev_raw")
             b2.plotly_chart(svc.pattern_figure(pre, log=False, title=f"after ({pre.shape[0]} x {pre.shape[1]})", height=260), key="prev_pre")
 
 st.page_link("pages/label.py", label="Next: label patterns", icon=":material/arrow_forward:")

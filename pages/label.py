@@ -105,7 +105,7 @@ def click_ui() -> None:
             head += " — not labelled"
         st.markdown(head, unsafe_allow_html=True)
         logp = st.toggle("log scale", value=st.session_state.get("pattern_log", True), key="pattern_log")
-        st.plotly_chart(svc.pattern_figure(ds.pattern(r, c), log=logp, height=380), key="label_pattern",
+        st.plotly_chart(svc.pattern_figure(ds.pattern(r, c), log=logp, height=380, calibration=ds.calibration), key="label_pattern",
                         config={"displaylogo": False})
         if sess.prediction is not None:
             p = np.asarray(sess.prediction.probabilities)[r, c]

@@ -83,7 +83,7 @@ def map_view() -> None:
         if lab:
             st.caption(f"Labelled {lab['class']} ({lab['source']}).")
         logp = st.toggle("log scale", value=True, key="map_log")
-        st.plotly_chart(svc.pattern_figure(ds.pattern(r, c), log=logp, height=300), key="map_pattern",
+        st.plotly_chart(svc.pattern_figure(ds.pattern(r, c), log=logp, height=300, calibration=ds.calibration), key="map_pattern",
                         config={"displaylogo": False})
         st.plotly_chart(svc.probability_bars(names, colors, p), key="map_probs", config={"displayModeBar": False})
 

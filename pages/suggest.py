@@ -91,7 +91,7 @@ def suggest_loop() -> None:
         reason = sess.suggestion_reasons[i] if i < len(sess.suggestion_reasons) else ""
         st.markdown(f"**#{i + 1} at (row {cur[0]}, col {cur[1]})**" + (f" — {reason}" if reason else ""))
         logp = st.toggle("log scale", value=True, key="suggest_log")
-        st.plotly_chart(svc.pattern_figure(ds.pattern(*cur), log=logp, height=330), key="suggest_pattern",
+        st.plotly_chart(svc.pattern_figure(ds.pattern(*cur), log=logp, height=330, calibration=ds.calibration), key="suggest_pattern",
                         config={"displaylogo": False})
         if sess.prediction is not None:
             p = np.asarray(sess.prediction.probabilities)[cur[0], cur[1]]

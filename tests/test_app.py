@@ -7,6 +7,7 @@ takes well under a minute of CPU; training uses 2 members x 3 epochs.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import h5py
@@ -349,6 +350,10 @@ def test_an_external_layout_file_shows_its_truth_and_calibration(env: Path) -> N
     _goto(at, "map")
     metrics = {m.label: m.value for m in at.metric}
     assert "Accuracy vs ground truth" in metrics
+    # calibrated axes: the map in nm, the diffraction pattern beside it in mrad
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [(sp["layout"].get("xaxis", {}).get("title", {}) or {}).get("text", "") for sp in specs]
+    assert any("nm" in t for t in titles) and any("mrad" in t for t in titles), titles
 
 
 def test_train_map_export_and_read_back(env: Path) -> None:
