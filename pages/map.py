@@ -181,7 +181,7 @@ with st.expander("Apply this model to another dataset or time slice"):
     other = None
     with svc.guarded("Opening the other dataset"):
         if kind == "demo":
-            preset = st.selectbox("Preset", ["small", "tiny", "demo", "stripes_90", "domains_180", "bubbles", "flux_closure"], key="apply_preset")
+            preset = st.selectbox("Preset", svc.demo_presets(), key="apply_preset")
             target = ("demo", preset)
         elif kind == "data folder":
             rel = st.selectbox("File", [""] + svc.list_data_files(), key="apply_file", format_func=lambda s: s or "— choose —")

@@ -434,6 +434,9 @@ def test_train_map_export_and_read_back(env: Path) -> None:
 
     # apply the model to another scan (here: the same preset again, a second "time slice")
     at.radio(key="apply_kind").set_value("demo").run()
+    from polmap.simulate import PRESETS
+
+    assert at.selectbox(key="apply_preset").options == list(PRESETS)  # the core's list, not the page's
     at.selectbox(key="apply_preset").set_value("tiny")
     at.button(key="apply_go").click().run()
     _ok(at)
