@@ -1704,9 +1704,13 @@ def ensure_app_navigation() -> None:
     folder mode, and runs the same page (page ids are hashes of the URL
     path). Call it first thing in every page.
     """
+    # No public switch exists: Streamlit picks its folder mode whenever a pages/ directory sits beside the
+    # entry script (PagesManager.uses_pages_directory), and its advice, renaming the folder (streamlit#8744,
+    # the "pages/ directory" warning), is ruled out here: the user fixed the top level as app.py + pages/.
     try:
         from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # pragma: no cover - Streamlit internals moved
+    except ImportError:  # pragma: no cover - Streamlit internals moved: folder mode then runs a page alone
+        log.error("streamlit.runtime.pages_manager not found: a bookmarked page URL opens without app.py's set-up")
         return
     if PagesManager.uses_pages_directory:
         import runpy
