@@ -134,7 +134,7 @@ def measure(path: Path, mode: str, max_bytes: int) -> dict:
         import tracemalloc
 
         tracemalloc.start()
-    from polmap.virtual import _iter_blocks
+    from polmap.virtual import iter_row_blocks
 
     def cpu_s() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
@@ -151,7 +151,7 @@ def measure(path: Path, mode: str, max_bytes: int) -> dict:
             for _, block in ds.iter_chunks(max_bytes):
                 pass
         elif mode == "read_buffered":  # the reused-buffer reader compute_virtual uses
-            for _, block in _iter_blocks(ds, max_bytes):
+            for _, block in iter_row_blocks(ds, max_bytes):
                 pass
         else:
             result = compute_virtual(ds, max_bytes=max_bytes)

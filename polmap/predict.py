@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D
-from polmap.train import _TRACE_MIN_PATTERNS, CancelLike, TrainedModel, _is_cancelled
+from polmap.train import TRACE_MIN_PATTERNS, CancelLike, TrainedModel, is_cancelled
 from polmap.uncertainty import disagreement, margin, normalised_entropy
 
 __all__ = [
@@ -363,11 +363,11 @@ def _classify_chunks(
 ) -> None:
     R, C, K = pred.probabilities.shape
     # Trace for the whole job, not per chunk: chunks are smaller than the threshold.
-    traced = R * C >= _TRACE_MIN_PATTERNS
+    traced = R * C >= TRACE_MIN_PATTERNS
     t_net = 0.0
     done = 0
     while True:
-        if _is_cancelled(cancel):
+        if is_cancelled(cancel):
             pred.rows_done = done
             pred.timing = _timing(t0, t_net, done * C, model)
             raise PredictionCancelled(f"prediction cancelled after {done} of {R} scan rows", pred)

@@ -46,7 +46,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from polmap import settings
 from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D, DatasetError
-from polmap.virtual import _iter_blocks, disk_centres, find_beam
+from polmap.virtual import iter_row_blocks, disk_centres, find_beam
 
 __all__ = [
     "CENTRINGS",
@@ -790,7 +790,7 @@ class Preprocessor:
         median_img = None
         beam_b = r_b = margin_b = None
 
-        for rows, block in _iter_blocks(dataset, max_bytes):
+        for rows, block in iter_row_blocks(dataset, max_bytes):
             flat = block.reshape(-1, qr, qc)
             mean_acc += flat.sum(axis=0, dtype=np.float64)
             if median_img is None:
@@ -1111,7 +1111,7 @@ class Preprocessor:
         out_per = 4 * int(np.prod(self.output_shape))
         max_bytes = max(1, int(max_bytes * raw_per / (raw_per + out_per)))
         if k == 1:
-            for rows, block in _iter_blocks(dataset, max_bytes):
+            for rows, block in iter_row_blocks(dataset, max_bytes):
                 s1 = self._stage1_rows(block, rows.start)
                 yield rows, s1.reshape((-1,) + s1.shape[2:])
             return
@@ -1119,7 +1119,7 @@ class Preprocessor:
         buf: np.ndarray | None = None  # stage-1 rows [buf_start, buf_start + len(buf))
         buf_start = 0
         done = 0
-        for rows, block in _iter_blocks(dataset, max_bytes):
+        for rows, block in iter_row_blocks(dataset, max_bytes):
             s1 = self._stage1_rows(block, rows.start)
             buf = s1 if buf is None else np.concatenate([buf, s1], axis=0)
             ready = rows.stop if rows.stop >= rows_total else rows.stop - h

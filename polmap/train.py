@@ -59,12 +59,14 @@ from polmap.model import (
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "TRACE_MIN_PATTERNS",
     "CheckpointError",
     "TrainConfig",
     "TrainedModel",
     "TrainingCancelled",
     "assess",
     "gate_members",
+    "is_cancelled",
     "make_folds",
     "resolve_device",
     "train_model",
@@ -73,7 +75,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "polmap-model"
 CHECKPOINT_VERSION = 1
 _MAX_BATCH_PIXELS = 2**22  # per network call: 1024 patterns of 48 px, 64 of 256 px
-_TRACE_MIN_PATTERNS = 4096  # trace the members (TorchScript) for calls at least this large
+TRACE_MIN_PATTERNS = 4096  # trace the members (TorchScript) for calls at least this large
 
 CancelLike = Union[Callable[[], bool], threading.Event, None]
 
@@ -224,7 +226,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _is_cancelled(cancel: CancelLike) -> bool:
+def is_cancelled(cancel: CancelLike) -> bool:
     if cancel is None:
         return False
     if isinstance(cancel, threading.Event) or hasattr(cancel, "is_set"):
@@ -470,7 +472,7 @@ class TrainedModel:
                 f"this model takes {self.input_size} x {self.input_size} patterns, found {x.shape[2]} x {x.shape[3]}; "
                 "preprocess with the model's preprocessing (TrainedModel.preprocess_state)"
             )
-        nets = self._fast_nets(traced=len(x) >= _TRACE_MIN_PATTERNS if traced is None else bool(traced))
+        nets = self._fast_nets(traced=len(x) >= TRACE_MIN_PATTERNS if traced is None else bool(traced))
         out = np.empty((len(nets), len(x), len(self.class_names)), dtype=np.float32)
         # Bound activation memory: 1024 patterns of 48 px, but 64 of the paper's 256 px.
         batch_size = max(1, min(int(batch_size), _MAX_BATCH_PIXELS // (x.shape[2] * x.shape[3])))
@@ -1238,7 +1240,7 @@ def train_model(
                             done.append(item.result())
                         elif not isinstance(exc, TrainingCancelled) and failure is None:
                             failure = exc
-                if failure is not None or _is_cancelled(cancel):
+                if failure is not None or is_cancelled(cancel):
                     stop.set()  # workers stop at their next batch; queued members never start
                     for f in futures:
                         f.cancel()

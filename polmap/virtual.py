@@ -32,6 +32,7 @@ __all__ = [
     "detector_masks",
     "disk_centres",
     "find_beam",
+    "iter_row_blocks",
 ]
 
 # Patterns per float32 sub-batch: small enough that the converted copy stays in
@@ -331,7 +332,7 @@ def detector_masks(
 # ----------------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------------
-def _iter_blocks(dataset: Dataset4D, max_bytes: int) -> Iterator[tuple[slice, np.ndarray]]:
+def iter_row_blocks(dataset: Dataset4D, max_bytes: int) -> Iterator[tuple[slice, np.ndarray]]:
     """Row blocks like ``dataset.iter_chunks``, faster for HDF5-backed scans.
 
     For an ``h5py.Dataset`` backing store, rows are read with ``read_direct``
@@ -523,7 +524,7 @@ def compute_virtual(
     mean_acc = np.zeros(npix, dtype=np.float64)
     max_pat: np.ndarray | None = None
 
-    for rows, block in _iter_blocks(dataset, max_bytes):
+    for rows, block in iter_row_blocks(dataset, max_bytes):
         flat = block.reshape(-1, npix)
         if weights is None:
             first_mean = flat.mean(axis=0, dtype=np.float64).reshape(qr, qc)

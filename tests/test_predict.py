@@ -207,7 +207,7 @@ def test_traced_members_give_the_same_probabilities(monkeypatch: pytest.MonkeyPa
     model = make_model(2)
     X = np.random.default_rng(4).random((9, SIZE, SIZE), dtype=np.float32)
     eager = model.member_probabilities(X)
-    monkeypatch.setattr(train_mod, "_TRACE_MIN_PATTERNS", 0)
+    monkeypatch.setattr(train_mod, "TRACE_MIN_PATTERNS", 0)
     traced = model.member_probabilities(X)
     assert set(model._fast) == {"eager", "traced"}
     assert isinstance(model._fast["traced"][0], torch.jit.ScriptModule)
@@ -282,10 +282,10 @@ def test_prefetch_keeps_order_bounds_memory_and_raises_in_the_caller() -> None:
 def test_a_large_scan_fed_in_small_chunks_uses_the_traced_members() -> None:
     # 64 x 64 = 4,096 patterns, two rows per chunk: each chunk is far below the tracing
     # threshold, the job is not, so predict_scan traces once for all chunks (~1.5x faster).
-    from polmap.train import _TRACE_MIN_PATTERNS
+    from polmap.train import TRACE_MIN_PATTERNS
 
     scan = np.random.default_rng(3).poisson(5.0, size=(64, 64, 40, 40)).astype(np.uint16)
-    assert scan.shape[0] * scan.shape[1] >= _TRACE_MIN_PATTERNS
+    assert scan.shape[0] * scan.shape[1] >= TRACE_MIN_PATTERNS
     ds = Dataset4D(scan, source="big")
     model = make_model(2)
     pred = predict_scan(model, ds, CropPreprocessor(), max_bytes=2 * 64 * 40 * 40 * 2)
