@@ -227,6 +227,16 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def is_cancelled(cancel: CancelLike) -> bool:
+    """Whether a cancel signal is set.
+
+    Parameters
+    ----------
+    cancel : threading.Event, object with ``is_set()``, callable returning bool, or None
+
+    Returns
+    -------
+    bool
+    """
     if cancel is None:
         return False
     if isinstance(cancel, threading.Event) or hasattr(cancel, "is_set"):
