@@ -1,7 +1,7 @@
 """polmap dashboard: label diffraction patterns, train, and read the polarization map.
 
 Run with ``streamlit run app.py`` (or ``make run``). Pages live in ``pages/``;
-all computation goes through :mod:`polmap.services`.
+all computation goes through :mod:`polmap.app`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import streamlit as st
 
 st.set_page_config(page_title="polmap", page_icon=":material/explore:", layout="wide")
 
-from polmap import services as svc  # noqa: E402  (after set_page_config)
+from polmap.app import errors, session, datasets, labelling, figures  # noqa: E402  (after set_page_config)
 
 PAGES = [
     st.Page("pages/data.py", title="Data", icon=":material/database:", url_path="data", default=True),
@@ -23,11 +23,11 @@ PAGES = [
 
 def sidebar_labels() -> None:
     """Labels per class and the workspace file (a fragment: see :func:`sidebar`)."""
-    sess = svc.session()
+    sess = session.session()
     if sess.labels is None:
         return
     st.markdown(f"#### Labels ({len(sess.labels)})")
-    rows = [f"{svc.swatch(r['color'])}{r['class']}: **{r['count']}**" for r in svc.label_table(sess)]
+    rows = [f"{figures.swatch(r['color'])}{r['class']}: **{r['count']}**" for r in labelling.label_table(sess)]
     st.markdown("<br>".join(rows), unsafe_allow_html=True)
     if sess.model is not None and sess.model_info.get("label_hash") not in (None, sess.labels.hash()):
         st.caption(":orange[labels changed since the model was trained]")
@@ -36,7 +36,7 @@ def sidebar_labels() -> None:
                    + (f"  \nautosaved ({sess.last_save_s * 1000:.0f} ms)" if sess.last_save_s is not None else ""))
 
 
-def sidebar(sess: svc.Session, live: bool = False) -> None:
+def sidebar(sess: session.Session, live: bool = False) -> None:
     """Dataset, labels per class, model status and workspace file: always visible.
 
     On the pages where labels change inside fragments (Label, Suggest) the
@@ -49,7 +49,7 @@ def sidebar(sess: svc.Session, live: bool = False) -> None:
         if ds is None:
             st.caption("none loaded")
         else:
-            st.markdown(f"**{svc.display_name(sess)}**  \n{ds.scan_shape[0]} x {ds.scan_shape[1]} scan, "
+            st.markdown(f"**{datasets.display_name(sess)}**  \n{ds.scan_shape[0]} x {ds.scan_shape[1]} scan, "
                         f"{ds.detector_shape[0]} x {ds.detector_shape[1]} detector")
         st.markdown("#### Model")
         if sess.model is None:
@@ -64,7 +64,7 @@ def sidebar(sess: svc.Session, live: bool = False) -> None:
         st.fragment(sidebar_labels, run_every=1.0 if live else None)()
 
 
-def first_visit_hint(sess: svc.Session) -> None:
+def first_visit_hint(sess: session.Session) -> None:
     if sess.hint_dismissed:
         return
     with st.container(border=True, key="hint"):
@@ -79,12 +79,12 @@ def first_visit_hint(sess: svc.Session) -> None:
             st.rerun()
 
 
-sess = svc.session()
+sess = session.session()
 nav = st.navigation(PAGES)
-with svc.guarded("Loading the demo"):
-    svc.ensure_dataset(sess)
+with errors.guarded("Loading the demo"):
+    datasets.ensure_dataset(sess)
 sidebar(sess, live=nav.url_path in ("label", "suggest"))
 first_visit_hint(sess)
-svc.show_flash(sess)
-with svc.guarded(nav.title):  # whatever a page raises: a message, never a traceback
+session.show_flash(sess)
+with errors.guarded(nav.title):  # whatever a page raises: a message, never a traceback
     nav.run()

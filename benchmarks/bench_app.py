@@ -83,7 +83,7 @@ def bench_server(preset: str, repeats: int, tmp: Path) -> dict:
     os.environ["POLMAP_WORKSPACE_DIR"] = str(tmp / "ws-server")
     from streamlit.testing.v1 import AppTest
 
-    from polmap import services as svc
+    from polmap.app import options, datasets, training
     from polmap.dataset import Dataset4D
     from polmap.labels import ClassSet
     from polmap.predict import Prediction
@@ -110,12 +110,12 @@ def bench_server(preset: str, repeats: int, tmp: Path) -> dict:
     # the map page for a 256 x 256 scan
     data, probs = synthetic_scan()
     ds = Dataset4D.from_array(data, name="synthetic-256")
-    svc.set_dataset(sess, ds, {"kind": "array"}, class_preset="axis")
-    sess.preprocess = svc.preprocess_config({"output_size": 16, "centring": "none"}).to_dict()
+    datasets.set_dataset(sess, ds, {"kind": "array"}, class_preset="axis")
+    sess.preprocess = options.preprocess_config({"output_size": 16, "centring": "none"}).to_dict()
     pos = np.array([[10, 10], [20, 200], [200, 20], [240, 240], [128, 128], [60, 90]])
     cls = np.array([0, 1, 2, 0, 1, 2])
     sess.labels.add_points(pos, cls)
-    pre = svc.preprocessor(ds, sess.preprocess)
+    pre = datasets.preprocessor(ds, sess.preprocess)
     model = train_model(pre.transform_positions(ds, pos), cls, ClassSet.axis().names,
                         TrainConfig(epochs=1, n_members=1, samples_per_epoch=8),
                         preprocess_state=pre.state_dict())
@@ -124,8 +124,8 @@ def bench_server(preset: str, repeats: int, tmp: Path) -> dict:
     lm = probs.argmax(-1).astype(np.int16)
     sess.prediction = Prediction(probs, lm, np.zeros_like(lm, np.float32), (probs.max(-1) - 0.3).astype(np.float32),
                                  np.zeros_like(lm, np.float32), ClassSet.axis().names)
-    cfg = svc.model_preprocess_config(model, sess.preprocess)
-    sess.prediction_key = f"bench:{ds.fingerprint}:{svc.preprocess_key(svc.preprocess_config(cfg))}"
+    cfg = training.model_preprocess_config(model, sess.preprocess)
+    sess.prediction_key = f"bench:{ds.fingerprint}:{datasets.preprocess_key(options.preprocess_config(cfg))}"
     at.switch_page("pages/map.py")
     times = []
     for _ in range(repeats):

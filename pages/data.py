@@ -6,10 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from polmap import services as svc
+from polmap.app import errors, options, session, datasets, figures
 
-svc.ensure_app_navigation()
-sess = svc.session()
+session.ensure_app_navigation()
+sess = session.session()
 st.title("Data")
 
 
@@ -18,16 +18,16 @@ st.title("Data")
 # --------------------------------------------------------------------------------------
 def _open_and_set(path: Path, kind: str, label: str) -> None:
     """Open a file (asking which dataset when an HDF5 file holds several) and make it current."""
-    cands = svc.list_candidates(path)
+    cands = datasets.list_candidates(path)
     dpath = None
     if len(cands) > 1:
         st.session_state["pending_file"] = {"path": str(path), "kind": kind, "label": label}
         return
     if len(cands) == 1:
-        dpath = svc.candidate_path(cands[0])
+        dpath = datasets.candidate_path(cands[0])
     with st.spinner(f"Opening {label}…"):
-        ds = svc.open_file(path, dpath)
-        svc.set_dataset(sess, ds, {"kind": kind, "path": str(path), "dataset_path": dpath})
+        ds = datasets.open_file(path, dpath)
+        datasets.set_dataset(sess, ds, {"kind": kind, "path": str(path), "dataset_path": dpath})
     st.session_state.pop("pending_file", None)
     sess.flash("success", f"Opened {label}: {ds.scan_shape[0]} x {ds.scan_shape[1]} scan.")
     st.rerun()
@@ -36,22 +36,22 @@ def _open_and_set(path: Path, kind: str, label: str) -> None:
 src_demo, src_upload, src_folder = st.tabs(["Demo", "Upload", "Data folder"])
 
 with src_demo:
-    presets = svc.demo_presets()
-    default = svc.demo_preset()
+    presets = options.demo_presets()
+    default = options.demo_preset()
     if default not in presets:
         presets.insert(0, default)
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     preset = c1.selectbox("Simulated scan (with ground truth)", presets, index=presets.index(default), key="demo_preset")
     if c2.button("Load demo", key="load_demo", type="primary"):
-        with svc.guarded("Loading the demo"):
+        with errors.guarded("Loading the demo"):
             with st.spinner("Loading the demo…"):
-                ds = svc.open_demo(preset)
-                svc.set_dataset(sess, ds, {"kind": "demo", "preset": preset})
+                ds = datasets.open_demo(preset)
+                datasets.set_dataset(sess, ds, {"kind": "demo", "preset": preset})
             sess.flash("success", f"Loaded the '{preset}' demo.")
             st.rerun()
 
 with src_upload:
-    limit = svc.max_upload_mb()
+    limit = options.max_upload_mb()
     up = st.file_uploader(
         f"A 4D-STEM file (HDF5/EMD, .dm4/.dm3, .mib, .raw, .npy/.npz, .blo, .zip; up to {limit} MB)",
         key="upload",
@@ -60,41 +60,41 @@ with src_upload:
         # checked here, with words, rather than by the widget (which only marks the file red)
         st.error(
             f"'{up.name}' is {up.size / 2**20:.1f} MB, more than the {limit} MB upload limit. Put it in the "
-            f"data folder ({svc.data_root()}) and open it from the 'Data folder' tab instead."
+            f"data folder ({options.data_root()}) and open it from the 'Data folder' tab instead."
         )
     elif up is not None and st.button("Open upload", key="open_upload", type="primary"):
-        with svc.guarded(f"Opening '{up.name}'"):
-            path = svc.save_upload(up.getvalue(), up.name)
+        with errors.guarded(f"Opening '{up.name}'"):
+            path = datasets.save_upload(up.getvalue(), up.name)
             _open_and_set(path, "upload", up.name)
 
 with src_folder:
-    root = svc.data_root()
-    files = svc.list_data_files(root)
+    root = options.data_root()
+    files = options.list_data_files(root)
     st.caption(f"Files under the data folder `{root}` (set `POLMAP_DATA_ROOT` to change it).")
     if not root.is_dir():
         st.info(f"The data folder {root} does not exist yet: create it and put scans there.")
     pick = st.selectbox("File", [""] + files, key="folder_pick", format_func=lambda s: s or "— choose —")
     typed = st.text_input("…or a path relative to the data folder", key="folder_typed")
     if st.button("Open file", key="open_file", type="primary"):
-        with svc.guarded("Opening the file"):
+        with errors.guarded("Opening the file"):
             rel = typed.strip() or pick
-            path = svc.resolve_in_root(rel, root)
+            path = options.resolve_in_root(rel, root)
             if path.is_dir():
-                raise svc.UserError(f"'{rel}' is a folder; choose a file.")
+                raise errors.UserError(f"'{rel}' is a folder; choose a file.")
             _open_and_set(path, "file", rel)
 
 pending = st.session_state.get("pending_file")
 if pending:
     with st.container(border=True):
         st.markdown(f"**{pending['label']}** holds several 4-D datasets: which one is the scan?")
-        with svc.guarded("Reading the file"):
-            cands = svc.list_candidates(pending["path"])
-            choice = st.radio("Dataset", cands, format_func=svc.candidate_label, key="cand_choice")
+        with errors.guarded("Reading the file"):
+            cands = datasets.list_candidates(pending["path"])
+            choice = st.radio("Dataset", cands, format_func=datasets.candidate_label, key="cand_choice")
             if st.button("Open this dataset", key="open_cand", type="primary"):
                 with st.spinner("Opening…"):
-                    dpath = svc.candidate_path(choice)
-                    ds = svc.open_file(pending["path"], dpath)
-                    svc.set_dataset(sess, ds, {"kind": pending["kind"], "path": pending["path"], "dataset_path": dpath})
+                    dpath = datasets.candidate_path(choice)
+                    ds = datasets.open_file(pending["path"], dpath)
+                    datasets.set_dataset(sess, ds, {"kind": pending["kind"], "path": pending["path"], "dataset_path": dpath})
                 st.session_state.pop("pending_file", None)
                 sess.flash("success", f"Opened {dpath} from {pending['label']}.")
                 st.rerun()
@@ -107,13 +107,13 @@ if ds is None:
 # --------------------------------------------------------------------------------------
 # overview
 # --------------------------------------------------------------------------------------
-st.subheader(svc.display_name(sess))
-with svc.guarded("Computing the virtual images"):
-    if svc.virtual_ready(ds):
-        v = svc.virtual(ds)
+st.subheader(datasets.display_name(sess))
+with errors.guarded("Computing the virtual images"):
+    if datasets.virtual_ready(ds):
+        v = datasets.virtual(ds)
     else:
         bar = st.progress(0.0, text="Virtual images and mean pattern: one pass over the scan…")
-        v = svc.virtual(ds, progress=lambda done, total: bar.progress(
+        v = datasets.virtual(ds, progress=lambda done, total: bar.progress(
             min(1.0, done / max(total, 1)), text=f"Virtual images: {done}/{total} scan rows"))
         bar.empty()
     col_img, col_pat = st.columns([3, 2])
@@ -124,19 +124,19 @@ with svc.guarded("Computing the virtual images"):
             key="vimg_kind",
         ) or "bright_field"
         st.session_state["virtual_kind"] = kind
-        fig = svc.scan_figure(ds, svc.virtual_image(ds, kind), sess=sess, show_labels=False, selected=sess.selected, height=420)
+        fig = figures.scan_figure(ds, datasets.virtual_image(ds, kind), sess=sess, show_labels=False, selected=sess.selected, height=420)
         st.plotly_chart(fig, key="data_vimg", config={"displaylogo": False})
     with col_pat:
         logp = st.toggle("log scale", value=True, key="mean_log")
         cy, cx = v.centre
         st.plotly_chart(
-            svc.pattern_figure(v.mean_pattern, log=logp, title="Mean pattern with the detectors", detectors=v, height=380,
+            figures.pattern_figure(v.mean_pattern, log=logp, title="Mean pattern with the detectors", detectors=v, height=380,
                               calibration=ds.calibration),
             key="data_mean", config={"displaylogo": False},
         )
         st.caption(f"BF disk r = {v.bf_radius:.1f} px; ADF {v.adf_inner:.1f}–{v.adf_outer:.1f} px; "
                    f"beam centre ({cy:.1f}, {cx:.1f}).")
-    summ = svc.dataset_summary(ds)
+    summ = datasets.dataset_summary(ds)
     st.dataframe([{k: str(v) for k, v in summ.items()}], hide_index=True, width="stretch")
 
 # --------------------------------------------------------------------------------------
@@ -144,16 +144,16 @@ with svc.guarded("Computing the virtual images"):
 # --------------------------------------------------------------------------------------
 with st.expander("Classes", expanded=False):
     cls = sess.classes
-    st.markdown(" ".join(f"{svc.swatch(c)}{n}" for n, c in zip(cls.names, cls.colors)), unsafe_allow_html=True)
+    st.markdown(" ".join(f"{figures.swatch(c)}{n}" for n, c in zip(cls.names, cls.colors)), unsafe_allow_html=True)
     c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
     preset = c1.selectbox(
-        "Switch to a preset (only before labelling)", list(svc.CLASS_PRESETS),
-        format_func=svc.CLASS_PRESETS.get,
+        "Switch to a preset (only before labelling)", list(options.CLASS_PRESETS),
+        format_func=options.CLASS_PRESETS.get,
         key="class_preset",
     )
     if c2.button("Use these classes", key="apply_classes"):
-        with svc.guarded("Changing the classes"):
-            svc.change_classes(sess, preset)
+        with errors.guarded("Changing the classes"):
+            datasets.change_classes(sess, preset)
             st.rerun()
 
 # --------------------------------------------------------------------------------------
@@ -172,8 +172,8 @@ with st.expander("Calibration", expanded=False):
         kev = c3.number_input("Beam energy (keV)", min_value=0.0, value=float(cal.beam_energy_kev or 0.0))
         conv = c3.number_input("Convergence (mrad)", min_value=0.0, value=float(cal.convergence_mrad or 0.0))
         if st.form_submit_button("Apply calibration"):
-            with svc.guarded("Calibration"):
-                svc.set_calibration(
+            with errors.guarded("Calibration"):
+                datasets.set_calibration(
                     sess, real_step=real_step or None, real_units=real_units if real_step else "px",
                     reciprocal_step=rec_step or None, reciprocal_units=rec_units if rec_step else "px",
                     beam_energy_kev=kev or None, convergence_mrad=conv or None,
@@ -190,7 +190,7 @@ with st.expander("Preprocessing (what the network sees)", expanded=True):
         a1, a2 = st.columns(2)
         bin_factor = a1.number_input("Bin factor", 1, 16, int(p.get("bin_factor", 1)))
         crop = a2.number_input("Crop radius (px after binning, 0 = none)", 0, 4096, int(p.get("crop_radius") or 0))
-        opts = svc.preprocess_options(p)
+        opts = options.preprocess_options(p)
         centring = a1.selectbox("Centring (descan)", **opts["centring"])
         scaling = a2.selectbox("Scaling", **opts["scaling"])
         normalise = a1.selectbox("Normalise", **opts["normalise"])
@@ -199,10 +199,10 @@ with st.expander("Preprocessing (what the network sees)", expanded=True):
         out_size = a1.number_input("Output size (px)", 8, 512, int(p.get("output_size") or 64))
         submitted = st.form_submit_button("Apply preprocessing")
     if submitted:
-        with svc.guarded("Preprocessing"):
+        with errors.guarded("Preprocessing"):
             new = dict(p, bin_factor=int(bin_factor), crop_radius=int(crop) or None, centring=centring, scaling=scaling,
                        normalise=normalise, boxing=int(boxing), box_mode=box_mode, output_size=int(out_size))
-            svc.set_preprocess(sess, new)
+            datasets.set_preprocess(sess, new)
             st.rerun()
     with cprev:
         R, C = ds.scan_shape
@@ -210,10 +210,10 @@ with st.expander("Preprocessing (what the network sees)", expanded=True):
         s1, s2 = st.columns(2)
         prow = s1.number_input("Preview row", 0, R - 1, int(r0), key="prev_row")
         pcol = s2.number_input("Preview col", 0, C - 1, int(c0), key="prev_col")
-        with svc.guarded("Preview"):
-            raw, pre = svc.preview_patterns(ds, sess.preprocess, int(prow), int(pcol))
+        with errors.guarded("Preview"):
+            raw, pre = datasets.preview_patterns(ds, sess.preprocess, int(prow), int(pcol))
             b1, b2 = st.columns(2)
-            b1.plotly_chart(svc.pattern_figure(raw, log=True, title="before (raw, log)", height=260, calibration=ds.calibration), key="prev_raw")
-            b2.plotly_chart(svc.pattern_figure(pre, log=False, title=f"after ({pre.shape[0]} x {pre.shape[1]})", height=260), key="prev_pre")
+            b1.plotly_chart(figures.pattern_figure(raw, log=True, title="before (raw, log)", height=260, calibration=ds.calibration), key="prev_raw")
+            b2.plotly_chart(figures.pattern_figure(pre, log=False, title=f"after ({pre.shape[0]} x {pre.shape[1]})", height=260), key="prev_pre")
 
 st.page_link("pages/label.py", label="Next: label patterns", icon=":material/arrow_forward:")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from polmap import services as svc
+from polmap.app import errors, session, datasets, labelling, figures
 
-svc.ensure_app_navigation()
-sess = svc.session()
+session.ensure_app_navigation()
+sess = session.session()
 st.title("Label")
 ds = sess.dataset
 if ds is None or sess.labels is None:
     st.info("Open a dataset on the Data page first.")
     st.stop()
 
-st.markdown(svc.class_button_css(sess.classes, ("clsbtn_label", "clsbtn_paint")), unsafe_allow_html=True)
+st.markdown(figures.class_button_css(sess.classes, ("clsbtn_label", "clsbtn_paint")), unsafe_allow_html=True)
 mode = st.segmented_control(
     "Mode", ["Click", "Paint"], default="Click", key="label_mode", label_visibility="collapsed",
     format_func=lambda m: {"Click": "Click positions", "Paint": "Paint regions"}[m],
@@ -26,21 +26,21 @@ def _background() -> tuple[np.ndarray, str]:
     """The virtual image, or the current map once a model has predicted."""
     choice = st.session_state.get("label_bg", "virtual image")
     if choice == "current map" and sess.prediction is not None:
-        return svc.map_rgb(sess), "current map"
-    return svc.virtual_image(ds, st.session_state.get("virtual_kind", "bright_field")), "virtual image"
+        return figures.map_rgb(sess), "current map"
+    return datasets.virtual_image(ds, st.session_state.get("virtual_kind", "bright_field")), "virtual image"
 
 
 # --------------------------------------------------------------------------------------
 # click mode
 # --------------------------------------------------------------------------------------
 def _on_click() -> None:
-    pos = svc.clicked_position(st.session_state.get("label_img"))
+    pos = figures.clicked_position(st.session_state.get("label_img"))
     if pos is None:
         return
     sess.selected = pos
     if st.session_state.get("label_on_click") and sess.labels is not None:
-        with svc.guarded("Labelling"):
-            svc.label_point(sess, pos[0], pos[1], sess.active_class)
+        with errors.guarded("Labelling"):
+            labelling.label_point(sess, pos[0], pos[1], sess.active_class)
 
 
 # Callbacks rerun only their own fragment; the sidebar counts refresh by themselves (run_every):
@@ -48,31 +48,31 @@ def _on_click() -> None:
 def _on_class(i: int) -> None:
     sess.active_class = i
     if sess.selected is not None:
-        svc.label_point(sess, sess.selected[0], sess.selected[1], i)
+        labelling.label_point(sess, sess.selected[0], sess.selected[1], i)
 
 
 def _on_undo(fragment: str = "label_click") -> None:
-    if not svc.undo(sess):
+    if not labelling.undo(sess):
         sess.flash("info", "Nothing to undo.")
     sess.canvas_nonce += 1
 
 
 def _on_redo() -> None:
-    if not svc.redo(sess):
+    if not labelling.redo(sess):
         sess.flash("info", "Nothing to redo.")
 
 
 def _on_move(drow: int, dcol: int) -> None:
-    svc.move_selection(sess, drow, dcol)
+    labelling.move_selection(sess, drow, dcol)
     sess.other["shown_sel"] = sess.selected
 
 
 def _on_remove() -> None:
     if sess.selected is not None:
-        svc.unlabel_point(sess, *sess.selected)
+        labelling.unlabel_point(sess, *sess.selected)
 
 
-@svc.guarded_fragment("Labelling", key="label_click")
+@errors.guarded_fragment("Labelling", key="label_click")
 def click_ui() -> None:
     lab = sess.labels
     names, colors = sess.classes.names, sess.classes.colors
@@ -88,7 +88,7 @@ def click_ui() -> None:
     left, right = st.columns([3, 2])
     with left:
         bg, bg_name = _background()
-        fig = svc.scan_figure(ds, bg, sess=sess, selected=svc.shown_selection(sess, "label", bg_name), height=520)
+        fig = figures.scan_figure(ds, bg, sess=sess, selected=labelling.shown_selection(sess, "label", bg_name), height=520)
         st.plotly_chart(
             fig, key="label_img", on_select=_on_click, selection_mode="points",
             config={"displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]},
@@ -100,12 +100,12 @@ def click_ui() -> None:
         cur = lab.label_at(r, c)
         head = f"**Position (row {r}, col {c})**"
         if cur:
-            head += f" — labelled {svc.swatch(sess.classes.color_of(cur['class']))}**{cur['class']}** ({cur['source']})"
+            head += f" — labelled {figures.swatch(sess.classes.color_of(cur['class']))}**{cur['class']}** ({cur['source']})"
         else:
             head += " — not labelled"
         st.markdown(head, unsafe_allow_html=True)
         logp = st.toggle("log scale", value=st.session_state.get("pattern_log", True), key="pattern_log")
-        st.plotly_chart(svc.pattern_figure(ds.pattern(r, c), log=logp, height=380, calibration=ds.calibration), key="label_pattern",
+        st.plotly_chart(figures.pattern_figure(ds.pattern(r, c), log=logp, height=380, calibration=ds.calibration), key="label_pattern",
                         config={"displaylogo": False})
         if sess.prediction is not None:
             p = np.asarray(sess.prediction.probabilities)[r, c]
@@ -127,7 +127,7 @@ def click_ui() -> None:
             help="Each click on the image labels that position at once: the fastest way through many points.",
         )
         st.caption(f"{len(lab)} labelled · autosaved to `{sess.workspace.path.name}`")
-    svc.show_flash(sess)
+    session.show_flash(sess)
 
 
 # --------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def _on_active(i: int) -> None:
     st.session_state["paint_erase"] = False
 
 
-@svc.guarded_fragment("Painting", key="label_paint")
+@errors.guarded_fragment("Painting", key="label_paint")
 def paint_ui() -> None:
     try:
         from streamlit_drawable_canvas import st_canvas
@@ -167,13 +167,13 @@ def paint_ui() -> None:
     brush = t3.slider("Brush (positions)", 1, max(2, min(R, C) // 4), 2, key="paint_brush")
 
     scale = int(max(2, min(24, 760 // C, 560 // R)))
-    bg = svc.virtual_image(ds, st.session_state.get("virtual_kind", "bright_field"))
+    bg = datasets.virtual_image(ds, st.session_state.get("virtual_kind", "bright_field"))
     if st.session_state.get("label_bg") == "current map" and sess.prediction is not None:
         from PIL import Image
 
-        bgimg = Image.fromarray(svc.map_rgb(sess)).resize((C * scale, R * scale), Image.NEAREST)
+        bgimg = Image.fromarray(figures.map_rgb(sess)).resize((C * scale, R * scale), Image.NEAREST)
     else:
-        bgimg = svc.canvas_background(sess, bg, scale)
+        bgimg = labelling.canvas_background(sess, bg, scale)
     color = "#ffffff" if erase else colors[sess.active_class]
     rgb = tuple(int(color[j : j + 2], 16) for j in (1, 3, 5))
     res = st_canvas(
@@ -187,14 +187,14 @@ def paint_ui() -> None:
                f"(polygon: click the first point again to close it). Labelled positions are tinted in their class colour.")
     data = res.image_data if res is not None else None
     if data is not None:
-        mask = svc.canvas_mask(data, ds.scan_shape)
+        mask = labelling.canvas_mask(data, ds.scan_shape)
         if mask.any():
-            with svc.guarded("Painting"):
-                n = svc.paint(sess, mask, sess.active_class, erase=erase)
+            with errors.guarded("Painting"):
+                n = labelling.paint(sess, mask, sess.active_class, erase=erase)
                 sess.flash("success", f"{'Erased' if erase else 'Labelled'} {n} position(s).")
             sess.canvas_nonce += 1
             st.rerun()  # full run: the sidebar counts follow
-    svc.show_flash(sess)
+    session.show_flash(sess)
 
 
 if sess.prediction is not None:
@@ -209,10 +209,10 @@ else:
 with st.expander("Import / clear labels"):
     up = st.file_uploader("Import labels from CSV (row, col, class)", type=["csv"], key="label_csv")
     if up is not None and st.button("Import", key="import_csv"):
-        with svc.guarded("Importing labels"):
-            n = svc.import_labels_csv(sess, up.getvalue())
+        with errors.guarded("Importing labels"):
+            n = labelling.import_labels_csv(sess, up.getvalue())
             st.success(f"Imported {n} labels.")
     if st.button("Clear all labels", key="clear_labels", help="One undoable action"):
         sess.labels.clear()
-        svc.autosave(sess)
+        session.autosave(sess)
         st.rerun()

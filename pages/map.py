@@ -7,10 +7,10 @@ import time
 import numpy as np
 import streamlit as st
 
-from polmap import services as svc
+from polmap.app import errors, options, session, datasets, labelling, training, figures, exports
 
-svc.ensure_app_navigation()
-sess = svc.session()
+session.ensure_app_navigation()
+sess = session.session()
 st.title("Map")
 ds = sess.dataset
 if ds is None or sess.labels is None:
@@ -22,10 +22,10 @@ if sess.model is None:
     st.stop()
 
 pred = None
-with svc.guarded("Predicting the map"):
+with errors.guarded("Predicting the map"):
     if sess.prediction is None:
         bar = st.progress(0.0, text="Predicting every position…")
-        pred = svc.predict(sess, progress=lambda done, total: bar.progress(min(1.0, done / max(total, 1)),
+        pred = training.predict(sess, progress=lambda done, total: bar.progress(min(1.0, done / max(total, 1)),
                                                                            text=f"Predicting: {done}/{total} rows"))
         bar.empty()
     else:
@@ -33,7 +33,7 @@ with svc.guarded("Predicting the map"):
 if pred is None:
     st.stop()
 
-names, colors = sess.classes.names, svc.map_colors(sess)
+names, colors = sess.classes.names, figures.map_colors(sess)
 if sess.labels is not None and sess.model_info.get("label_hash") not in (None, sess.labels.hash()):
     st.warning("The labels changed since this model was trained; the map shows the older model. Retrain on the Train page.")
 
@@ -42,34 +42,34 @@ if sess.labels is not None and sess.model_info.get("label_hash") not in (None, s
 # --------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns([4, 2, 2])
 overlays = c1.pills(
-    "Overlays", [svc.UNCERTAINTY_NAME, "walls", "labelled points", "suggestions"], selection_mode="multi",
+    "Overlays", [training.UNCERTAINTY_NAME, "walls", "labelled points", "suggestions"], selection_mode="multi",
     default=["walls", "labelled points"], key="map_overlays",
 )
 fade = c2.slider("Fade uncertain positions", 0.0, 1.0, 0.0, 0.1, key="map_fade",
-                 help=f"Mix each position towards white by its {svc.UNCERTAINTY_NAME}: {svc.UNCERTAINTY_HELP}")
-background = c3.radio("Show", ["polarization map", svc.UNCERTAINTY_NAME, "virtual image"], key="map_background",
-                      help=f"{svc.UNCERTAINTY_NAME}: {svc.UNCERTAINTY_HELP}")
+                 help=f"Mix each position towards white by its {training.UNCERTAINTY_NAME}: {training.UNCERTAINTY_HELP}")
+background = c3.radio("Show", ["polarization map", training.UNCERTAINTY_NAME, "virtual image"], key="map_background",
+                      help=f"{training.UNCERTAINTY_NAME}: {training.UNCERTAINTY_HELP}")
 
 
-@svc.guarded_fragment("Map", key="map_view")
+@errors.guarded_fragment("Map", key="map_view")
 def map_view() -> None:
-    unc = svc.uncertainty(pred)
-    walls = svc.domain_walls(sess, pred) if "walls" in overlays else None
+    unc = training.uncertainty(pred)
+    walls = figures.domain_walls(sess, pred) if "walls" in overlays else None
     sugg = sess.suggestions if "suggestions" in overlays else None
     left, right = st.columns([3, 2])
-    shown = svc.shown_selection(sess, "map", background, tuple(overlays or ()), fade)
+    shown = labelling.shown_selection(sess, "map", background, tuple(overlays or ()), fade)
     with left:
         t0 = time.perf_counter()
         if background == "polarization map":
-            rgb = svc.map_rgb(sess, pred, fade=fade)
-            fig = svc.scan_figure(ds, rgb, sess=sess, show_labels="labelled points" in overlays, suggestions=sugg,
-                                  selected=shown, prediction=pred, show_uncertainty=svc.UNCERTAINTY_NAME in overlays,
+            rgb = figures.map_rgb(sess, pred, fade=fade)
+            fig = figures.scan_figure(ds, rgb, sess=sess, show_labels="labelled points" in overlays, suggestions=sugg,
+                                  selected=shown, prediction=pred, show_uncertainty=training.UNCERTAINTY_NAME in overlays,
                                   show_walls=True, walls=walls, height=560)
         else:
-            img = unc if background == svc.UNCERTAINTY_NAME else svc.virtual_image(ds)
-            fig = svc.scan_figure(ds, img, sess=sess, show_labels="labelled points" in overlays, suggestions=sugg,
+            img = unc if background == training.UNCERTAINTY_NAME else datasets.virtual_image(ds)
+            fig = figures.scan_figure(ds, img, sess=sess, show_labels="labelled points" in overlays, suggestions=sugg,
                                   selected=shown, walls=walls, height=560,
-                                  value_name=background if background == svc.UNCERTAINTY_NAME else "intensity")
+                                  value_name=background if background == training.UNCERTAINTY_NAME else "intensity")
         st.plotly_chart(fig, key="map_fig", on_select=_on_map_click, selection_mode="points",
                         config={"displaylogo": False, "toImageButtonOptions": {"filename": "polmap-map"}})
         st.session_state["map_build_s"] = time.perf_counter() - t0
@@ -77,19 +77,19 @@ def map_view() -> None:
         r, c = sess.selected or (ds.scan_shape[0] // 2, ds.scan_shape[1] // 2)
         p = np.asarray(pred.probabilities)[r, c]
         k = int(np.argmax(p))
-        st.markdown(f"**(row {r}, col {c})**: {svc.swatch(colors[k])}**{names[k]}** {p[k]:.0%}, "
-                    f"{svc.UNCERTAINTY_NAME} {float(unc[r, c]):.2f}", unsafe_allow_html=True)
+        st.markdown(f"**(row {r}, col {c})**: {figures.swatch(colors[k])}**{names[k]}** {p[k]:.0%}, "
+                    f"{training.UNCERTAINTY_NAME} {float(unc[r, c]):.2f}", unsafe_allow_html=True)
         lab = sess.labels.label_at(r, c)
         if lab:
             st.caption(f"Labelled {lab['class']} ({lab['source']}).")
         logp = st.toggle("log scale", value=True, key="map_log")
-        st.plotly_chart(svc.pattern_figure(ds.pattern(r, c), log=logp, height=300, calibration=ds.calibration), key="map_pattern",
+        st.plotly_chart(figures.pattern_figure(ds.pattern(r, c), log=logp, height=300, calibration=ds.calibration), key="map_pattern",
                         config={"displaylogo": False})
-        st.plotly_chart(svc.probability_bars(names, colors, p), key="map_probs", config={"displayModeBar": False})
+        st.plotly_chart(figures.probability_bars(names, colors, p), key="map_probs", config={"displayModeBar": False})
 
 
 def _on_map_click() -> None:
-    pos = svc.clicked_position(st.session_state.get("map_fig"))
+    pos = figures.clicked_position(st.session_state.get("map_fig"))
     if pos is not None:
         sess.selected = pos
 
@@ -101,10 +101,10 @@ map_view()
 # --------------------------------------------------------------------------------------
 lc, ac = st.columns([1, 3])
 with lc:
-    st.plotly_chart(svc.legend_figure(sess), key="map_legend", config={"displayModeBar": False})
+    st.plotly_chart(figures.legend_figure(sess), key="map_legend", config={"displayModeBar": False})
 with ac:
-    acc = svc.accuracy(sess, pred)
-    st.markdown(svc.predicted_area_markdown(names, colors, pred), unsafe_allow_html=True)
+    acc = training.accuracy(sess, pred)
+    st.markdown(figures.predicted_area_markdown(names, colors, pred), unsafe_allow_html=True)
     if acc is not None:
         m = st.columns(4)
         m[0].metric("Accuracy vs ground truth", f"{acc['accuracy']:.1%}", help=f"{acc['n']} positions with known truth")
@@ -124,7 +124,7 @@ with ac:
 # the conventional map
 # --------------------------------------------------------------------------------------
 with st.expander("Compare with the conventional centre-of-mass / Friedel map", expanded=False):
-    g0, r0 = svc.lattice_guess(ds)
+    g0, r0 = training.lattice_guess(ds)
     k1, k2, k3 = st.columns(3)
     signal = k1.radio("Signal", ["friedel", "com"], horizontal=True, key="conv_signal",
                       format_func=lambda s: {"friedel": "Friedel asymmetry", "com": "centre of mass"}[s])
@@ -133,16 +133,16 @@ with st.expander("Compare with the conventional centre-of-mass / Friedel map", e
     if g0 is None:
         st.caption("The spacing is not in this file's metadata: measure it on the mean pattern (Data page).")
     if st.toggle("Compute the conventional map", key="conv_on"):
-        with svc.guarded("Conventional map"):
+        with errors.guarded("Conventional map"):
             with st.spinner("Measuring every pattern…"):
-                conv = svc.conventional(sess, signal, g, rad)
+                conv = training.conventional(sess, signal, g, rad)
             v1, v2, v3 = st.columns(3)
-            v1.plotly_chart(svc.scan_figure(ds, svc.map_rgb(sess, pred), sess=sess, show_labels=False, height=320,
+            v1.plotly_chart(figures.scan_figure(ds, figures.map_rgb(sess, pred), sess=sess, show_labels=False, height=320,
                                             title="model's map"), key="conv_cnn")
-            v2.plotly_chart(svc.scan_figure(ds, conv["rgb"], sess=sess, show_labels=False, height=320,
+            v2.plotly_chart(figures.scan_figure(ds, conv["rgb"], sess=sess, show_labels=False, height=320,
                                             title=f"{signal}: direction (colour wheel)"), key="conv_dir")
             if "class_rgb" in conv:
-                v3.plotly_chart(svc.scan_figure(ds, conv["class_rgb"], sess=sess, show_labels=False, height=320,
+                v3.plotly_chart(figures.scan_figure(ds, conv["class_rgb"], sess=sess, show_labels=False, height=320,
                                                 title="rule classes"), key="conv_cls")
                 msg = "Rule: the class whose mean vector (learnt from your labels) is nearest"
                 if conv.get("accuracy") is not None:
@@ -158,16 +158,16 @@ with st.expander("Compare with the conventional centre-of-mass / Friedel map", e
 # --------------------------------------------------------------------------------------
 st.subheader("Export")
 e1, e2, e3, e4, e5 = st.columns(5)
-base = svc.export_basename(sess)
-e1.download_button("Map (PNG)", data=lambda: svc.export_png(sess, with_walls="walls" in overlays),
+base = exports.export_basename(sess)
+e1.download_button("Map (PNG)", data=lambda: exports.export_png(sess, with_walls="walls" in overlays),
                    file_name=f"{base}-map.png", mime="image/png", icon=":material/image:", key="dl_png")
-e2.download_button("Map data (HDF5)", data=lambda: svc.export_hdf5(sess), file_name=f"{base}-map.h5",
+e2.download_button("Map data (HDF5)", data=lambda: exports.export_hdf5(sess), file_name=f"{base}-map.h5",
                    mime="application/x-hdf5", icon=":material/dataset:", key="dl_h5")
-e3.download_button("Labels (CSV)", data=lambda: svc.export_labels_csv(sess), file_name=f"{base}-labels.csv",
+e3.download_button("Labels (CSV)", data=lambda: exports.export_labels_csv(sess), file_name=f"{base}-labels.csv",
                    mime="text/csv", icon=":material/table:", key="dl_csv")
-e4.download_button("Model checkpoint", data=lambda: svc.export_checkpoint(sess), file_name=f"{base}-model.pt",
+e4.download_button("Model checkpoint", data=lambda: exports.export_checkpoint(sess), file_name=f"{base}-model.pt",
                    mime="application/octet-stream", icon=":material/neurology:", key="dl_ckpt")
-e5.download_button("Workspace file", data=lambda: svc.export_workspace(sess), file_name=f"{base}.polmap.h5",
+e5.download_button("Workspace file", data=lambda: exports.export_workspace(sess), file_name=f"{base}.polmap.h5",
                    mime="application/x-hdf5", icon=":material/save:", key="dl_ws",
                    help="Everything: dataset reference, labels, model, predictions, provenance")
 st.caption(f"Everything is also kept in the workspace file `{sess.workspace.path}`.")
@@ -179,44 +179,44 @@ with st.expander("Apply this model to another dataset or time slice"):
     kind = st.radio("Data", ["demo", "data folder", "upload"], horizontal=True, key="apply_kind",
                     format_func=lambda k: {"demo": "a simulated scan", "data folder": "a file in the data folder", "upload": "an upload"}[k])
     other = None
-    with svc.guarded("Opening the other dataset"):
+    with errors.guarded("Opening the other dataset"):
         if kind == "demo":
-            preset = st.selectbox("Preset", svc.demo_presets(), key="apply_preset")
+            preset = st.selectbox("Preset", options.demo_presets(), key="apply_preset")
             target = ("demo", preset)
         elif kind == "data folder":
-            rel = st.selectbox("File", [""] + svc.list_data_files(), key="apply_file", format_func=lambda s: s or "— choose —")
+            rel = st.selectbox("File", [""] + options.list_data_files(), key="apply_file", format_func=lambda s: s or "— choose —")
             target = ("file", rel)
         else:
-            up = st.file_uploader(f"File (up to {svc.max_upload_mb()} MB)", key="apply_upload")
+            up = st.file_uploader(f"File (up to {options.max_upload_mb()} MB)", key="apply_upload")
             target = ("upload", up)
         dpath = None
         if target[0] == "file" and target[1]:
-            path = svc.resolve_in_root(target[1])
-            cands = svc.list_candidates(path)
+            path = options.resolve_in_root(target[1])
+            cands = datasets.list_candidates(path)
             if len(cands) > 1:
-                dpath = svc.candidate_path(st.selectbox("Dataset / time slice", cands, format_func=svc.candidate_label, key="apply_cand"))
+                dpath = datasets.candidate_path(st.selectbox("Dataset / time slice", cands, format_func=datasets.candidate_label, key="apply_cand"))
         if st.button("Apply the model", key="apply_go", type="primary"):
             if target[0] == "demo":
-                other = svc.open_demo(target[1])
+                other = datasets.open_demo(target[1])
             elif target[0] == "file":
-                other = svc.open_file(svc.resolve_in_root(target[1]), dpath)
+                other = datasets.open_file(options.resolve_in_root(target[1]), dpath)
             else:
                 if target[1] is None:
-                    raise svc.UserError("Choose a file to upload first.")
-                p = svc.save_upload(target[1].getvalue(), target[1].name)
-                cands = svc.list_candidates(p)
-                other = svc.open_file(p, svc.candidate_path(cands[0]) if len(cands) == 1 else None) if len(cands) <= 1 else None
+                    raise errors.UserError("Choose a file to upload first.")
+                p = datasets.save_upload(target[1].getvalue(), target[1].name)
+                cands = datasets.list_candidates(p)
+                other = datasets.open_file(p, datasets.candidate_path(cands[0]) if len(cands) == 1 else None) if len(cands) <= 1 else None
                 if other is None:
-                    raise svc.UserError(f"'{target[1].name}' holds several 4-D datasets; put it in the data folder to choose one.")
+                    raise errors.UserError(f"'{target[1].name}' holds several 4-D datasets; put it in the data folder to choose one.")
             bar = st.progress(0.0, text="Predicting…")
-            svc.apply_model_elsewhere(sess, other, progress=lambda d, t: bar.progress(min(1.0, d / max(t, 1))))
+            training.apply_model_elsewhere(sess, other, progress=lambda d, t: bar.progress(min(1.0, d / max(t, 1))))
             bar.empty()
     applied = sess.other.get("applied")
     if applied:
         ods, opred = applied["dataset"], applied["prediction"]
         st.markdown(f"**{ods.name}** ({ods.scan_shape[0]} x {ods.scan_shape[1]})")
-        st.plotly_chart(svc.scan_figure(ods, svc.map_rgb(sess, opred), prediction=opred, sess=sess, show_labels=False,
+        st.plotly_chart(figures.scan_figure(ods, figures.map_rgb(sess, opred), prediction=opred, sess=sess, show_labels=False,
                                         height=420), key="apply_fig")
-        oacc = svc.accuracy(sess, opred, ods)
+        oacc = training.accuracy(sess, opred, ods)
         if oacc is not None:
             st.metric("Accuracy vs its ground truth", f"{oacc['accuracy']:.1%}")

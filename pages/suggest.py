@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from polmap import services as svc
+from polmap.app import errors, session, datasets, labelling, training, figures
 
-svc.ensure_app_navigation()
-sess = svc.session()
+session.ensure_app_navigation()
+sess = session.session()
 st.title("Suggest")
 ds = sess.dataset
 if ds is None or sess.labels is None:
     st.info("Open a dataset on the Data page first.")
     st.stop()
 
-st.markdown(svc.class_button_css(sess.classes), unsafe_allow_html=True)
+st.markdown(figures.class_button_css(sess.classes), unsafe_allow_html=True)
 
 strategies: dict[str, str] = {}
-with svc.guarded("Strategies"):
-    strategies = svc.strategies()
+with errors.guarded("Strategies"):
+    strategies = labelling.strategies()
 if not strategies:
     st.stop()
 names = list(strategies)
@@ -36,41 +36,41 @@ with st.form("suggest_form", border=False):
 if go:
     st.session_state["suggest_strategy_last"] = strategy
     st.session_state["suggest_budget_last"] = int(budget)
-    with svc.guarded("Suggesting"):
+    with errors.guarded("Suggesting"):
         with st.spinner("Choosing positions…"):
-            svc.suggest(sess, strategy, int(budget), int(seed))
+            labelling.suggest(sess, strategy, int(budget), int(seed))
 if sess.model is None and strategy == "adaptive":
     st.caption("No model yet: 'adaptive' starts from pattern clusters (cold start); after training it follows "
                "the model's uncertainty and the domain walls.")
 
 
 def _answer(i: int | None) -> None:
-    svc.answer_suggestion(sess, i)
+    labelling.answer_suggestion(sess, i)
 
 
 def _retrain_and_suggest() -> None:
-    settings = sess.train_settings or svc.default_train_settings()
+    settings = sess.train_settings or training.default_train_settings()
     bar = st.progress(0.0, text="Training…")
 
     def prog(info: dict) -> None:
         e, n = info.get("epoch", 0), info.get("epochs", 1) or 1
         bar.progress(min(1.0, e / n), text=f"Training: epoch {e}/{n}")
 
-    svc.train(sess, settings, progress=prog)
+    training.train(sess, settings, progress=prog)
     bar.progress(1.0, text="Predicting the whole scan…")
-    svc.predict(sess)
-    svc.suggest(sess, st.session_state.get("suggest_strategy_last", "adaptive"),
+    training.predict(sess)
+    labelling.suggest(sess, st.session_state.get("suggest_strategy_last", "adaptive"),
                 int(st.session_state.get("suggest_budget_last", 10)))
     bar.empty()
 
 
-@svc.guarded_fragment("Suggestions", key="suggest_loop")
+@errors.guarded_fragment("Suggestions", key="suggest_loop")
 def suggest_loop() -> None:
-    cur = svc.current_suggestion(sess)
+    cur = labelling.current_suggestion(sess)
     left, right = st.columns([3, 2])
     with left:
-        bg = svc.map_rgb(sess) if sess.prediction is not None else svc.virtual_image(ds, st.session_state.get("virtual_kind", "bright_field"))
-        fig = svc.scan_figure(ds, bg, sess=sess, suggestions=sess.suggestions, selected=cur, height=520)
+        bg = figures.map_rgb(sess) if sess.prediction is not None else datasets.virtual_image(ds, st.session_state.get("virtual_kind", "bright_field"))
+        fig = figures.scan_figure(ds, bg, sess=sess, suggestions=sess.suggestions, selected=cur, height=520)
         st.plotly_chart(fig, key="suggest_img", config={"displaylogo": False})
         if sess.suggestion_message:
             st.caption(sess.suggestion_message)
@@ -82,7 +82,7 @@ def suggest_loop() -> None:
         if cur is None:
             st.success(f"All {n} suggestions answered ({len(sess.skipped)} skipped in total).")
             if st.button("Retrain and suggest again", key="retrain_suggest", type="primary", icon=":material/autorenew:"):
-                with svc.guarded("Retrain and suggest"):
+                with errors.guarded("Retrain and suggest"):
                     _retrain_and_suggest()
                     st.rerun()
             return
@@ -91,7 +91,7 @@ def suggest_loop() -> None:
         reason = sess.suggestion_reasons[i] if i < len(sess.suggestion_reasons) else ""
         st.markdown(f"**#{i + 1} at (row {cur[0]}, col {cur[1]})**" + (f" — {reason}" if reason else ""))
         logp = st.toggle("log scale", value=True, key="suggest_log")
-        st.plotly_chart(svc.pattern_figure(ds.pattern(*cur), log=logp, height=330, calibration=ds.calibration), key="suggest_pattern",
+        st.plotly_chart(figures.pattern_figure(ds.pattern(*cur), log=logp, height=330, calibration=ds.calibration), key="suggest_pattern",
                         config={"displaylogo": False})
         if sess.prediction is not None:
             p = np.asarray(sess.prediction.probabilities)[cur[0], cur[1]]

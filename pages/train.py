@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from polmap import services as svc
+from polmap.app import errors, options, session, datasets, training, figures
 
-svc.ensure_app_navigation()
-sess = svc.session()
+session.ensure_app_navigation()
+sess = session.session()
 st.title("Train")
 ds = sess.dataset
 if ds is None or sess.labels is None:
@@ -15,20 +15,20 @@ if ds is None or sess.labels is None:
     st.stop()
 
 defaults: dict = {}
-with svc.guarded("Training settings"):
-    defaults = svc.default_train_settings()
+with errors.guarded("Training settings"):
+    defaults = training.default_train_settings()
 if not defaults:
     st.stop()
 settings = dict(defaults, **{k: v for k, v in sess.train_settings.items() if k in defaults})
 
 counts = sess.labels.counts()
 st.markdown(
-    f"**{len(sess.labels)} labels**: " + ", ".join(f"{svc.swatch(c)}{n} {counts[n]}" for n, c in zip(sess.classes.names, sess.classes.colors)),
+    f"**{len(sess.labels)} labels**: " + ", ".join(f"{figures.swatch(c)}{n} {counts[n]}" for n, c in zip(sess.classes.names, sess.classes.colors)),
     unsafe_allow_html=True,
 )
-st.caption(f"Device: **{svc.device_name()}**")
+st.caption(f"Device: **{training.device_name()}**")
 
-models = svc.model_names()
+models = training.model_names()
 model = st.radio("Model", list(models), index=list(models).index(settings.get("model", "auto")) if settings.get("model", "auto") in models else 0,
                  format_func=lambda k: f"{k}: {models[k]}", key="train_model_name", horizontal=False)
 own_pre = st.checkbox("Use the preprocessing this network was designed for", value=True, key="train_own_pre",
@@ -39,11 +39,11 @@ with st.expander("Class directions (optional: a prior that training checks again
                "the detector, declare it here (degrees from the +column towards the +row direction, or "
                "'invariant' for a class no mirror changes, such as out-of-plane). A declaration the data "
                "contradict is shown and not used.")
-    dir_text = st.text_input("Directions", value=svc.directions_text(sess), key="train_directions",
+    dir_text = st.text_input("Directions", value=datasets.directions_text(sess), key="train_directions",
                              placeholder="e.g.  up=270, down=90, c-domain=invariant")
     if st.button("Save directions", key="train_directions_save"):
-        with svc.guarded("Saving the class directions"):
-            svc.set_class_directions(sess, dir_text)
+        with errors.guarded("Saving the class directions"):
+            datasets.set_class_directions(sess, dir_text)
             sess.flash("success", "Class directions saved." if dir_text.strip() else "Class directions cleared.")
             st.rerun()
 with st.expander("Settings (the defaults are good)", expanded=False):
@@ -65,11 +65,11 @@ status = st.empty()
 curves = st.empty()
 
 if go:
-    with svc.guarded("Training"):
+    with errors.guarded("Training"):
         sess.train_settings = new_settings
         if own_pre:
-            svc.set_preprocess(sess, svc.model_preprocess(model))
-        svc.check_trainable(sess)
+            datasets.set_preprocess(sess, options.model_preprocess(model))
+        training.check_trainable(sess)
         bar = status.progress(0.0, text="Preparing the labelled patterns…")
         rows: list[dict] = []
         state = {"last": 0.0}
@@ -89,11 +89,11 @@ if go:
             now = time.perf_counter()
             if now - state["last"] > 0.4:  # redraw the curves at most ~2.5 times a second
                 state["last"] = now
-                curves.plotly_chart(svc.curves_figure(svc.history_rows_to_curves(rows)), key=f"live_{len(rows)}")
+                curves.plotly_chart(figures.curves_figure(training.history_rows_to_curves(rows)), key=f"live_{len(rows)}")
 
-        _, cached = svc.train(sess, new_settings, progress=progress)
+        _, cached = training.train(sess, new_settings, progress=progress)
         bar.progress(1.0, text="Predicting the whole scan…")
-        svc.predict(sess)
+        training.predict(sess)
         status.empty()
         verdict = sess.model_info.get("assessment") or {}
         if cached:
@@ -141,11 +141,11 @@ if sess.model is not None:
         st.warning(w[:1].upper() + w[1:] + ".")
     if sess.labels is not None and info.get("label_hash") and info["label_hash"] != sess.labels.hash():
         st.warning("The labels changed since this model was trained: press **Train** to update it.")
-    hist = svc.model_history(sess.model)
+    hist = training.model_history(sess.model)
     if sess.model.history and max(len(h) for h in sess.model.history) <= 1:
         st.caption("The members kept are linear discriminants, fitted in closed form: no training curves.")
     elif hist.get("epoch"):
-        curves.plotly_chart(svc.curves_figure(hist, final_accuracy=info.get("val_accuracy")), key="final_curves")
+        curves.plotly_chart(figures.curves_figure(hist, final_accuracy=info.get("val_accuracy")), key="final_curves")
         st.caption("Curves: every ensemble member in turn (epochs on the x axis run on from one member to the "
                    "next); per-epoch validation accuracy is that member's held-out fold.")
     st.page_link("pages/map.py", label="See the map", icon=":material/map:")
@@ -153,7 +153,7 @@ if sess.model is not None:
 with st.expander("Load a model checkpoint"):
     up = st.file_uploader("polmap checkpoint (.pt)", key="ckpt_upload")
     if up is not None and st.button("Use this model", key="ckpt_use"):
-        with svc.guarded("Loading the checkpoint"):
-            svc.upload_model(sess, up.getvalue())
+        with errors.guarded("Loading the checkpoint"):
+            training.upload_model(sess, up.getvalue())
             sess.flash("success", f"Loaded model from {up.name}.")
             st.rerun()

@@ -1,7 +1,7 @@
 """polmap: map ferroelectric polarization domains from 4D-STEM data with deep learning.
 
 The core package is pure Python + numpy + torch; it never imports streamlit
-(the dashboard lives in ``app.py``/``pages/`` and ``polmap.services``).
+(the dashboard lives in ``app.py``/``pages/`` and ``polmap.app``).
 """
 
 from polmap.dataset import Calibration, Dataset4D, DatasetError, GroundTruth

@@ -179,11 +179,11 @@ def test_hdf5_with_several_datasets_asks_which(env: Path) -> None:
 
 
 def test_wrong_hdf5_path_is_a_clear_error(env: Path) -> None:
-    from polmap import services as svc
+    from polmap.app import datasets
 
     at = _app()
     with pytest.raises(Exception) as info:
-        svc.open_file(env / "data" / "two.h5", "/no/such/data")
+        datasets.open_file(env / "data" / "two.h5", "/no/such/data")
     assert "/no/such/data" in str(info.value)
     # in the page: a typed path that does not exist
     at.text_input(key="folder_typed").set_value("missing.h5")
@@ -220,7 +220,7 @@ def test_label_clicks_undo_and_autosave(env: Path) -> None:
 
 
 def test_paint_through_the_label_store(env: Path) -> None:
-    from polmap import services as svc
+    from polmap.app import labelling
 
     at = _goto(_app(), "label")
     sess = _sess(at)
@@ -232,15 +232,15 @@ def test_paint_through_the_label_store(env: Path) -> None:
     scale = 10
     rgba = np.zeros((R * scale, C * scale, 4), np.uint8)
     rgba[2 * scale : 5 * scale, 3 * scale : 9 * scale, 3] = 255
-    mask = svc.canvas_mask(rgba, (R, C))
+    mask = labelling.canvas_mask(rgba, (R, C))
     assert mask.sum() == 3 * 6 and mask[2:5, 3:9].all()
-    assert svc.paint(sess, mask, 2) == 18
+    assert labelling.paint(sess, mask, 2) == 18
     at.run()
     _ok(at)
     assert sess.labels.counts()["-x"] == 18
     assert any("-x: **18**" in m.value for m in at.sidebar.markdown)
     # the eraser removes them again, one undoable action
-    assert svc.paint(sess, mask, None, erase=True) == 18
+    assert labelling.paint(sess, mask, None, erase=True) == 18
     assert len(sess.labels) == 0 and sess.labels.can_undo
 
 
@@ -340,9 +340,9 @@ def test_an_external_layout_file_shows_its_truth_and_calibration(env: Path) -> N
     assert ds.calibration.real_step == 2.0 and ds.calibration.beam_energy_kev == 200.0
     at = _app()
     sess = _sess(at)
-    from polmap import services as svc
+    from polmap.app import datasets
 
-    svc.set_dataset(sess, ds, {"kind": "root", "path": "other_lab.h5"})
+    datasets.set_dataset(sess, ds, {"kind": "root", "path": "other_lab.h5"})
     assert sess.classes.names == ["P up", "P down"]
     sess.labels.add_points(np.array([[0, 0], [1, 1], [2, 2], [3, 1], [4, 0], [5, 2]]), 0)
     sess.labels.add_points(np.array([[0, 5], [1, 6], [2, 7], [3, 5], [4, 6], [5, 7]]), 1)
@@ -359,7 +359,7 @@ def test_an_external_layout_file_shows_its_truth_and_calibration(env: Path) -> N
 def test_train_map_export_and_read_back(env: Path) -> None:
     from PIL import Image
 
-    from polmap import services as svc
+    from polmap.app import exports
     from polmap.labels import ClassSet, LabelStore
     from polmap.project import Workspace
     from polmap.train import TrainedModel
@@ -402,13 +402,13 @@ def test_train_map_export_and_read_back(env: Path) -> None:
     # exports, read back
     R, C = sess.dataset.scan_shape
     K = len(sess.classes)
-    png = Image.open(io.BytesIO(svc.export_png(sess)))
+    png = Image.open(io.BytesIO(exports.export_png(sess)))
     assert png.size[0] % C == 0 and png.size[1] % R == 0 and png.size[0] // C == png.size[1] // R
     from polmap.cli import main as cli_main
     from polmap.prediction_file import DESCRIPTIONS, read_prediction_file
 
     map_file = env / "map.h5"
-    map_file.write_bytes(svc.export_hdf5(sess))
+    map_file.write_bytes(exports.export_hdf5(sess))
     arrays, attrs = read_prediction_file(map_file)
     assert arrays["probabilities"].shape == (R, C, K)
     np.testing.assert_allclose(arrays["probabilities"].sum(-1), 1.0, atol=1e-4)
@@ -425,9 +425,9 @@ def test_train_map_export_and_read_back(env: Path) -> None:
     with Image.open(env / "m.png") as im:
         assert im.size[0] % C == 0 and im.size[0] // C == im.size[1] // R
     store = LabelStore(sess.labels.scan_shape, ClassSet(sess.classes.names, sess.classes.colors))
-    store.import_csv(io.StringIO(svc.export_labels_csv(sess).decode()))
+    store.import_csv(io.StringIO(exports.export_labels_csv(sess).decode()))
     assert store.hash() == sess.labels.hash()
-    model = TrainedModel.load(svc.export_checkpoint(sess))
+    model = TrainedModel.load(exports.export_checkpoint(sess))
     assert list(model.class_names) == sess.classes.names
     # the download buttons are on the page
     assert len(at.get("download_button")) == 5
@@ -452,23 +452,23 @@ def test_train_map_export_and_read_back(env: Path) -> None:
 
 
 def test_a_model_for_other_classes_is_refused(env: Path) -> None:
-    from polmap import services as svc
+    from polmap.app import errors, datasets, training, exports
 
     at = _app()
     sess = _sess(at)
     _label_truth(sess, per_class=3)
     _train(at)
-    data = svc.export_checkpoint(sess)
+    data = exports.export_checkpoint(sess)
     # another session on a dataset with the paper's classes
     at2 = _app()
     sess2 = _sess(at2)
-    svc.change_classes(sess2, "axis")
-    with pytest.raises(svc.UserError, match="trained for the classes"):
-        svc.upload_model(sess2, data)
+    datasets.change_classes(sess2, "axis")
+    with pytest.raises(errors.UserError, match="trained for the classes"):
+        training.upload_model(sess2, data)
     with pytest.raises(ValueError, match="checkpoint"):
-        svc.upload_model(sess2, b"garbage bytes")
-    with pytest.raises(svc.UserError, match="upload limit"):
-        svc.save_upload(b"x" * (2 * 2**20), "big.h5")
+        training.upload_model(sess2, b"garbage bytes")
+    with pytest.raises(errors.UserError, match="upload limit"):
+        datasets.save_upload(b"x" * (2 * 2**20), "big.h5")
     assert sess2.model is None
 
 
@@ -498,9 +498,9 @@ def test_reloading_the_page_keeps_the_work(env: Path) -> None:
     sess = _sess(at)
     assert at.query_params["ws"] == [sess.id] or at.query_params["ws"] == sess.id
     _label_truth(sess, per_class=2)
-    from polmap import services as svc
+    from polmap.app import session
 
-    svc.autosave(sess)
+    session.autosave(sess)
     n = len(sess.labels)
     again = AppTest.from_file(APP, default_timeout=240)
     again.query_params["ws"] = sess.id

@@ -7,21 +7,21 @@ import logging
 import pytest
 
 pytest.importorskip("streamlit")
-from polmap import services as svc  # noqa: E402
+from polmap.app import errors, session, datasets, figures  # noqa: E402
 
 
 @pytest.fixture
 def shown(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     out: list[str] = []
-    monkeypatch.setattr(svc.st, "error", out.append)
+    monkeypatch.setattr(errors.st, "error", out.append)
     return out
 
 
 @pytest.mark.parametrize("exc", [ValueError("expected 4-D data, found 2-D"), FileNotFoundError("no such file: a.h5"),
-                                 svc.UserError("label at least two classes")])
+                                 errors.UserError("label at least two classes")])
 def test_input_errors_show_their_message_and_are_not_logged(exc: Exception, shown: list[str],
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR), svc.guarded("Loading"):
+    with caplog.at_level(logging.ERROR), errors.guarded("Loading"):
         raise exc
     assert shown == [f"Loading: {exc}"]
     assert not caplog.records
@@ -31,7 +31,7 @@ def test_input_errors_show_their_message_and_are_not_logged(exc: Exception, show
                                  ZeroDivisionError("division by zero")])
 def test_programming_errors_are_logged_with_traceback_and_not_dressed_as_user_errors(
         exc: Exception, shown: list[str], caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR), svc.guarded("Training"):
+    with caplog.at_level(logging.ERROR), errors.guarded("Training"):
         raise exc
     assert len(shown) == 1 and "an unexpected error occurred" in shown[0] and type(exc).__name__ in shown[0]
     assert "Your labels are saved" in shown[0]
@@ -47,15 +47,15 @@ def test_a_stored_model_that_cannot_be_restored_is_reported_and_the_labels_kept(
 
     monkeypatch.setenv("POLMAP_WORKSPACE_DIR", str(tmp_path / "ws"))
     np.save(tmp_path / "scan.npy", np.random.default_rng(0).poisson(5, size=(6, 8, 16, 16)).astype(np.uint16))
-    sess = svc.Session()
-    svc.set_dataset(sess, open_dataset(str(tmp_path / "scan.npy")), {"kind": "file"})
+    sess = session.Session()
+    datasets.set_dataset(sess, open_dataset(str(tmp_path / "scan.npy")), {"kind": "file"})
     sess.workspace.labels.add_point(2, 3, 0)
-    sess.workspace.add_model(svc.MODEL_NAME, b"not a checkpoint", {"key": "k"})
+    sess.workspace.add_model(session.MODEL_NAME, b"not a checkpoint", {"key": "k"})
     sess.workspace.save()
 
-    again = svc.Session(id=sess.id)  # the same browser session after a restart
+    again = session.Session(id=sess.id)  # the same browser session after a restart
     with caplog.at_level(logging.ERROR):
-        svc.set_dataset(again, open_dataset(str(tmp_path / "scan.npy")), {"kind": "file"})
+        datasets.set_dataset(again, open_dataset(str(tmp_path / "scan.npy")), {"kind": "file"})
     assert again.model is None
     warnings = [t for k, t in again.messages if k == "warning"]
     assert len(warnings) == 1 and "was not restored" in warnings[0] and "checkpoint" in warnings[0]
@@ -72,6 +72,6 @@ def test_predicted_area_leaves_out_positions_not_yet_predicted() -> None:
     nan = np.full(lm.shape, np.nan, dtype=np.float32)
     pred = Prediction(probabilities=np.full(lm.shape + (2,), 0.5, np.float32), label_map=lm, entropy=nan, margin=nan,
                       disagreement=nan, class_names=["P1", "P2"])
-    text = svc.predicted_area_markdown(["P1", "P2"], ["#ff0000", "#0000ff"], pred)
+    text = figures.predicted_area_markdown(["P1", "P2"], ["#ff0000", "#0000ff"], pred)
     assert "P1 40%" in text and "P2 60%" in text
     assert "(1 of 6 positions not predicted)" in text
