@@ -55,6 +55,7 @@ __all__ = [
     "parse_color",
     "pattern_figure",
     "rgb_map",
+    "robust_uint8",
     "selected_positions",
 ]
 
@@ -574,6 +575,28 @@ def _robust_range(z: np.ndarray, percentile: tuple[float, float]) -> tuple[float
         if hi <= lo:
             hi = lo + 1.0
     return float(lo), float(hi)
+
+
+def robust_uint8(image: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
+    """An image scaled to uint8 between two percentiles (a hot pixel does not set the range).
+
+    Parameters
+    ----------
+    image : ndarray
+        Any shape; NaN is drawn as the low end.
+    lo_pct, hi_pct : float
+        Percentiles of the finite values mapped to 0 and 255.
+
+    Returns
+    -------
+    ndarray of uint8, same shape
+    """
+    a = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = _robust_range(a, (lo_pct, hi_pct))
+    return _to_uint8(np.clip((np.where(finite, a, lo) - lo) / (hi - lo), 0, 1) * 255.0)
 
 
 def image_figure(

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 
-
 from polmap.app.errors import UserError
 from polmap.app.session import Session
 from polmap.app.datasets import _safe_name

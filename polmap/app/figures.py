@@ -8,20 +8,12 @@ from typing import Any
 import numpy as np
 
 from polmap.dataset import Dataset4D
+from polmap.walls import scan_step
 
 from polmap.app.session import Session
-from polmap.app.labelling import _to_uint8
 from polmap.app.training import uncertainty
 
 log = logging.getLogger("polmap.app")
-
-
-def scan_axes(ds: Dataset4D) -> tuple[float, str]:
-    """Scan step and units of the figures' axes (as :mod:`polmap.maps` draws them)."""
-    cal = ds.calibration
-    if cal.real_step:
-        return float(cal.real_step), cal.real_units
-    return 1.0, "px"
 
 
 def domain_walls(sess: Session, pred: Any) -> np.ndarray:
@@ -88,14 +80,14 @@ def scan_figure(
     else:
         # uint8 display values and a compact click layer: a quarter of the bytes of the float32
         # versions, which matters on every label click (the figure is re-sent each time)
-        z8 = _to_uint8(bg)
+        z8 = maps.robust_uint8(bg)
         fig = maps.image_figure(
             z8, calibration=ds.calibration, walls=walls, labelled=labelled, suggestions=sugg,
             class_names=class_names, value_name=value_name, pick_overlay=False,
         )
         fig.data[0].update(z=z8, zmin=0, zmax=255)
         _add_compact_pick_layer(fig, ds)
-    step, _ = scan_axes(ds)
+    step, _ = scan_step(ds.calibration)
     if tint is not None:
         # a heatmap, not an image: Plotly draws images below heatmaps whatever the trace order
         K = len(sess.classes)
@@ -147,7 +139,7 @@ def _add_compact_pick_layer(fig: Any, ds: Dataset4D) -> None:
     import plotly.graph_objects as go
 
     R, C = ds.scan_shape
-    step, units = scan_axes(ds)
+    step, units = scan_step(ds.calibration)
     rr, cc = np.divmod(np.arange(R * C, dtype=np.int64), C)
     small = max(R, C) < 2**16
     ints = small and float(step).is_integer()

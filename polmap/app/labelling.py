@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from polmap.maps import robust_uint8
 
 from polmap.app.session import Session, autosave
 from polmap.app.datasets import cold_start_features
@@ -93,7 +94,7 @@ def canvas_background(sess: Session, image: np.ndarray, scale: int, label_alpha:
     """PIL image of the virtual image with labelled positions tinted, upscaled ``scale`` times (nearest)."""
     from PIL import Image
 
-    g = _to_uint8(image)
+    g = robust_uint8(image)
     rgb = np.repeat(g[..., None], 3, axis=2).astype(np.float32)
     ov = labels_overlay_rgba(sess)
     m = ov[..., 3] > 0
@@ -103,17 +104,6 @@ def canvas_background(sess: Session, image: np.ndarray, scale: int, label_alpha:
     img = Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
     R, C = image.shape
     return img.resize((C * scale, R * scale), Image.NEAREST)
-
-
-def _to_uint8(a: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    finite = np.isfinite(a)
-    if not finite.any():
-        return np.zeros(a.shape, np.uint8)
-    lo, hi = np.percentile(a[finite], [lo_pct, hi_pct])
-    if hi <= lo:
-        hi = lo + 1.0
-    return (np.clip((np.nan_to_num(a, nan=lo) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
 def label_table(sess: Session) -> list[dict[str, Any]]:

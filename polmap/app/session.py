@@ -21,8 +21,6 @@ log = logging.getLogger("polmap.app")
 
 
 MODEL_NAME = "latest"
-
-
 PREDICTION_NAME = "latest"
 
 
