@@ -84,10 +84,10 @@ def bench_server(preset: str, repeats: int, tmp: Path) -> dict:
     from streamlit.testing.v1 import AppTest
 
     from polmap.app import options, datasets, training
-    from polmap.dataset import Dataset4D
+    from polmap.io.dataset import Dataset4D
     from polmap.labels import ClassSet
-    from polmap.predict import Prediction
-    from polmap.train import TrainConfig, train_model
+    from polmap.learn.predict import Prediction
+    from polmap.learn.train import TrainConfig, train_model
 
     out: dict = {}
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600)

@@ -1,6 +1,6 @@
 """Label-efficiency benchmark on the simulated demo presets.
 
-Runs :func:`polmap.benchmark.run_benchmark` (random, bisection and polmap
+Runs :func:`polmap.evaluation.benchmark.run_benchmark` (random, bisection and polmap
 adaptive sampling; the conventional COM/Friedel map, PCA + kNN and the paper's
 network as baselines) on each preset and writes, per preset,
 ``benchmarks/results/labels_<preset>.{json,md,png}``, plus
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny preset, 1 seed, budgets 10,20: a smoke test")
     args = ap.parse_args(argv)
 
-    from polmap.benchmark import BenchmarkConfig, run_benchmark, write_results
+    from polmap.evaluation.benchmark import BenchmarkConfig, run_benchmark, write_results
     from polmap.io import open_dataset
     from polmap.simulate import demo_path
 

@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def variants(size: int) -> dict[str, dict]:
     """Preprocessing variants, each one change away from the published one."""
-    from polmap.model import default_preprocess
+    from polmap.learn.model import default_preprocess
 
     paper = dict(default_preprocess("paper"), output_size=size)
     return {
@@ -48,7 +48,7 @@ def fit_once(X, y, Xt, yt, n_classes: int, size: int, steps: int, seed: int) -> 
     import torch
     import torch.nn.functional as F
 
-    from polmap.model import build_model
+    from polmap.learn.model import build_model
 
     torch.manual_seed(seed)
     net = build_model("paper", n_classes=n_classes, input_size=size)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from polmap.io import open_dataset
-    from polmap.preprocess import PreprocessConfig, Preprocessor
+    from polmap.process.preprocess import PreprocessConfig, Preprocessor
     from polmap.simulate import demo_path
 
     path = demo_path(preset=args.preset)

@@ -5,7 +5,7 @@ then times, each ``--repeats`` times (the best run is reported):
 
 * ``preprocess``: ``Preprocessor.iter_transformed`` over the whole scan alone;
 * ``network``: ``TrainedModel.predict_proba`` on the preprocessed patterns alone;
-* ``end to end``: :func:`polmap.predict.predict_scan` (read, preprocess,
+* ``end to end``: :func:`polmap.learn.predict.predict_scan` (read, preprocess,
   classify, uncertainty maps), where the next chunk is prepared while the
   network classifies the current one.
 
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from polmap import simulate
     from polmap.io import open_dataset
-    from polmap.model import build_model, default_preprocess
-    from polmap.pipeline import train_on_dataset
-    from polmap.predict import predict_scan
-    from polmap.preprocess import PreprocessConfig, Preprocessor
-    from polmap.train import TrainConfig
+    from polmap.learn.model import build_model, default_preprocess
+    from polmap.learn.pipeline import train_on_dataset
+    from polmap.learn.predict import predict_scan
+    from polmap.process.preprocess import PreprocessConfig, Preprocessor
+    from polmap.learn.train import TrainConfig
 
     print(f"load average before: {os.getloadavg()}; torch threads {torch.get_num_threads()}")
     ds = open_dataset(simulate.demo_path(preset=args.preset))

@@ -42,9 +42,9 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
 def measure(repeats: int = 3) -> dict[str, float]:
     """Best-of-``repeats`` seconds for each timed step."""
     from polmap import simulate as S
-    from polmap.dataset import Calibration
-    from polmap.maps import image_figure, map_figure, rgb_map
-    from polmap.walls import domain_walls
+    from polmap.io.dataset import Calibration
+    from polmap.viz.maps import image_figure, map_figure, rgb_map
+    from polmap.analysis.walls import domain_walls
 
     lib = S.load_library()
     n = 2000

@@ -1,4 +1,4 @@
-"""Benchmark: one chunked pass of ``polmap.virtual.compute_virtual`` over a 2 GiB HDF5 scan.
+"""Benchmark: one chunked pass of ``polmap.process.virtual.compute_virtual`` over a 2 GiB HDF5 scan.
 
 Writes (once) a 256 x 256 scan of 128 x 128 uint16 patterns to HDF5, chunked by
 scan rows and generated chunk by chunk (never the whole cube in memory). Then,
@@ -127,14 +127,14 @@ def cached(path: Path) -> str:
 def measure(path: Path, mode: str, max_bytes: int) -> dict:
     import h5py
 
-    from polmap.dataset import Dataset4D
-    from polmap.virtual import compute_virtual
+    from polmap.io.dataset import Dataset4D
+    from polmap.process.virtual import compute_virtual
 
     if mode == "tracemalloc":
         import tracemalloc
 
         tracemalloc.start()
-    from polmap.virtual import iter_row_blocks
+    from polmap.process.virtual import iter_row_blocks
 
     def cpu_s() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
@@ -192,8 +192,8 @@ def run_child(path: Path, mode: str, max_bytes: int) -> dict:
 # preprocessing throughput (network inputs)
 # ----------------------------------------------------------------------------------------
 def bench_preprocess(scan: tuple[int, int] = (96, 96), det: int = 64, seed: int = 0) -> dict:
-    from polmap.dataset import Dataset4D
-    from polmap.preprocess import PreprocessConfig, Preprocessor
+    from polmap.io.dataset import Dataset4D
+    from polmap.process.preprocess import PreprocessConfig, Preprocessor
 
     rng = np.random.default_rng(seed)
     rows, cols = scan
@@ -211,7 +211,7 @@ def bench_preprocess(scan: tuple[int, int] = (96, 96), det: int = 64, seed: int 
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
-    from polmap import preprocess as pre_mod
+    from polmap.process import preprocess as pre_mod
 
     out["threads"] = pre_mod._N_THREADS
     out["load_average_1min_before"] = os.getloadavg()[0]

@@ -4,7 +4,7 @@ The core package is pure Python + numpy + torch; it never imports streamlit
 (the dashboard lives in ``app.py``/``pages/`` and ``polmap.app``).
 """
 
-from polmap.dataset import Calibration, Dataset4D, DatasetError, GroundTruth
+from polmap.io.dataset import Calibration, Dataset4D, DatasetError, GroundTruth
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@
 Nothing a user does is lost: every change is one undoable action, every
 labelled position remembers its class, how it was labelled (``source``) and
 when, and the whole store round-trips through :meth:`LabelStore.to_dict`,
-CSV and the workspace file (:mod:`polmap.project`).
+CSV and the workspace file (:mod:`polmap.io.project`).
 
 Positions are ``(row, col)`` on the scan grid. At each position the last write
 wins: clicking a point inside a painted region relabels that one position.
@@ -69,7 +69,7 @@ def direction_colors(names: Sequence[str], colors: Sequence[str], directions: Ma
         The classes and their own colours.
     directions : mapping
         Class name -> angle in degrees or ``"invariant"``: only directions that
-        were declared or verified on the data (see :func:`polmap.symmetry.verified_directions`).
+        were declared or verified on the data (see :func:`polmap.learn.symmetry.verified_directions`).
 
     Returns
     -------
@@ -107,7 +107,7 @@ class ClassSet:
         Declared directions of some classes: name -> angle in degrees on the
         detector (from increasing column towards increasing row) or
         ``"invariant"``. A prior that training checks against the data
-        (:func:`polmap.symmetry.discover_symmetry`); never inferred from a name.
+        (:func:`polmap.learn.symmetry.discover_symmetry`); never inferred from a name.
 
     Raises
     ------
@@ -137,7 +137,7 @@ class ClassSet:
                 raise ValueError(f"colour of class {n!r} must look like '#rrggbb', found {c!r}")
         self._names = tuple(clean)
         self._colors = tuple(c.lower() for c in colors)
-        from polmap.symmetry import parse_directions
+        from polmap.learn.symmetry import parse_directions
 
         self._directions = parse_directions(dict(directions or {}), clean)
 

@@ -981,8 +981,8 @@ class SimulatedScan:
         return (int(self.data.shape[0]), int(self.data.shape[1]))
 
     def to_dataset(self):
-        """Wrap as a :class:`polmap.dataset.Dataset4D` with calibration and ground truth."""
-        from polmap.dataset import Calibration, Dataset4D, GroundTruth
+        """Wrap as a :class:`polmap.io.dataset.Dataset4D` with calibration and ground truth."""
+        from polmap.io.dataset import Calibration, Dataset4D, GroundTruth
 
         md = self.metadata
         cal = Calibration(

@@ -121,7 +121,7 @@ def test_data_page_calibration_and_preprocessing(env: Path) -> None:
     assert sess.dataset.calibration.real_step == 2.5
     assert sess.workspace.dataset.calibration["real_step"] == 2.5
     # the choices are the core's, never a list of the page's own
-    from polmap import preprocess as pp
+    from polmap.process import preprocess as pp
     from polmap.labels import CLASS_PRESETS
     from polmap.simulate import PRESETS
 
@@ -193,7 +193,7 @@ def test_wrong_hdf5_path_is_a_clear_error(env: Path) -> None:
 
 
 def test_label_clicks_undo_and_autosave(env: Path) -> None:
-    from polmap.project import Workspace
+    from polmap.io.project import Workspace
 
     at = _goto(_app(), "label")
     sess = _sess(at)
@@ -361,8 +361,8 @@ def test_train_map_export_and_read_back(env: Path) -> None:
 
     from polmap.app import exports
     from polmap.labels import ClassSet, LabelStore
-    from polmap.project import Workspace
-    from polmap.train import TrainedModel
+    from polmap.io.project import Workspace
+    from polmap.learn.train import TrainedModel
 
     at = _app()
     sess = _sess(at)
@@ -405,7 +405,7 @@ def test_train_map_export_and_read_back(env: Path) -> None:
     png = Image.open(io.BytesIO(exports.export_png(sess)))
     assert png.size[0] % C == 0 and png.size[1] % R == 0 and png.size[0] // C == png.size[1] // R
     from polmap.cli import main as cli_main
-    from polmap.prediction_file import DESCRIPTIONS, read_prediction_file
+    from polmap.io.prediction_file import DESCRIPTIONS, read_prediction_file
 
     map_file = env / "map.h5"
     map_file.write_bytes(exports.export_hdf5(sess))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from polmap.augment import AugmentConfig, Augmenter
-from polmap.detector_symmetry import OP_MATRICES, SYMMETRY_OPS, apply_op, compose_ops
-from polmap.symmetry import declared_arrows
+from polmap.learn.augment import AugmentConfig, Augmenter
+from polmap.process.detector_symmetry import OP_MATRICES, SYMMETRY_OPS, apply_op, compose_ops
+from polmap.learn.symmetry import declared_arrows
 
 SIGNED = ["none", "+x", "-x", "+y", "-y"]
 # Declared directions of the toy classes (degrees from +col towards +row); names are just labels.

@@ -1,11 +1,11 @@
-"""Tests of the conventional baselines (polmap.baseline)."""
+"""Tests of the conventional baselines (polmap.analysis.baseline)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from polmap import baseline as B
+from polmap.analysis import baseline as B
 from polmap import simulate as S
 
 
@@ -125,7 +125,7 @@ def test_friedel_rule_is_fooled_by_mistilt_and_wedge():
 
 def test_pca_knn_learns_the_control(control_scan):
     from polmap.io import open_dataset
-    from polmap.preprocess import INPUT_PRESETS, PreprocessConfig, Preprocessor
+    from polmap.process.preprocess import INPUT_PRESETS, PreprocessConfig, Preprocessor
 
     scan = control_scan
     R, C = scan.label_map.shape

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from polmap import benchmark as bm
-from polmap.benchmark import BenchmarkConfig, Oracle, score_map
-from polmap.walls import domain_walls, near_wall_mask
+from polmap.evaluation import benchmark as bm
+from polmap.evaluation.benchmark import BenchmarkConfig, Oracle, score_map
+from polmap.analysis.walls import domain_walls, near_wall_mask
 
 # Small and quick: a couple of epochs, two members (the numbers are not the point here).
 FAST_TRAIN = {"epochs": 2, "n_members": 2, "samples_per_epoch": 32, "batch_size": 16}
@@ -114,7 +114,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def small_paper_net(monkeypatch: pytest.MonkeyPatch) -> None:
     """The paper's network on 32 px inputs instead of 256 px: same code path, a fraction of the CPU time."""
-    import polmap.model as pm
+    import polmap.learn.model as pm
 
     real = pm.default_preprocess
 
@@ -147,7 +147,7 @@ def test_run_benchmark_tiny(tiny, tmp_path, small_paper_net) -> None:
     asked_log: list[tuple[str, int, np.ndarray, np.ndarray]] = []
     suggest_calls: list[tuple[int, int]] = []
 
-    from polmap import sampling
+    from polmap.learn import sampling
 
     def spy_suggest(strategy, shape, pos, cls, budget, **kw):
         # Whatever the strategy sees was revealed by the oracle, and unknown truth is excluded.

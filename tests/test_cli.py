@@ -102,7 +102,7 @@ def trained(tiny: dict) -> dict:
 
 
 def test_train_writes_a_loadable_checkpoint(trained: dict) -> None:
-    from polmap.train import TrainedModel
+    from polmap.learn.train import TrainedModel
 
     m = TrainedModel.load(trained["model"])
     assert m.class_names == trained["names"]
@@ -146,7 +146,7 @@ def test_export_png_and_csv(trained: dict, tmp_path: Path, capsys: pytest.Captur
     assert len(rows) == R * C
     assert set(rows[0]) >= {"row", "col", "class", "entropy", "margin"} | {f"p_{n}" for n in trained["names"]}
     assert all(r["class"] in trained["names"] for r in rows)
-    from polmap.maps import rgb_map
+    from polmap.viz.maps import rgb_map
 
     with h5py.File(trained["pred"], "r") as f:
         ent, probs = f["entropy"][()], f["probabilities"][()]
@@ -184,7 +184,7 @@ def test_suggest_prints_positions(trained: dict, tmp_path: Path, capsys: pytest.
 def test_train_from_workspace(tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from polmap.io import open_dataset
     from polmap.labels import ClassSet
-    from polmap.project import Workspace
+    from polmap.io.project import Workspace
 
     with open_dataset(tiny["data"]) as ds:
         ws = Workspace.create(tmp_path / "w.polmap.h5", ds, ClassSet.signed())
@@ -199,7 +199,7 @@ def test_train_from_workspace(tiny: dict, tmp_path: Path, capsys: pytest.Capture
 def test_train_keeps_a_painted_region_in_one_fold(tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The same 30 labels, but every label of the most frequent class painted as one region (one group):
     # that class cannot be validated honestly, so it is not, and the checkpoint's report says so.
-    from polmap.train import TrainedModel
+    from polmap.learn.train import TrainedModel
 
     rows = list(csv.DictReader(open(tiny["labels"])))
     top = max(set(r["class"] for r in rows), key=lambda k: sum(r["class"] == k for r in rows))
@@ -223,7 +223,7 @@ def test_train_keeps_a_painted_region_in_one_fold(tiny: dict, tmp_path: Path, ca
 def test_train_reports_the_symmetry_and_checks_declared_directions(
     tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from polmap.train import TrainedModel
+    from polmap.learn.train import TrainedModel
 
     # The tiny file declares its classes' directions; training says so and checks them.
     rc, out, err = run(["train", "--data", tiny["data"], "--labels", tiny["labels"], "--out", str(tmp_path / "d.pt"),
@@ -293,9 +293,9 @@ def test_model_and_dataset_mismatch(trained: dict, tmp_path: Path, capsys: pytes
 
 
 def test_workspace_for_other_data(tiny: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from polmap.dataset import Dataset4D
+    from polmap.io.dataset import Dataset4D
     from polmap.labels import ClassSet
-    from polmap.project import Workspace
+    from polmap.io.project import Workspace
 
     other = Dataset4D.from_array(np.ones((3, 4, 8, 8), np.uint16), name="other")
     Workspace.create(tmp_path / "w.polmap.h5", other, ClassSet.signed())

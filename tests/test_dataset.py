@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from polmap.dataset import Calibration, Dataset4D, DatasetError
+from polmap.io.dataset import Calibration, Dataset4D, DatasetError
 
 
 def _cube(rng: np.random.Generator, shape=(5, 7, 6, 8), dtype=np.uint16) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import data_factories as F
-from polmap.dataset import Dataset4D, DatasetError
+from polmap.io.dataset import Dataset4D, DatasetError
 from polmap.io import Candidate, list_4d_datasets, open_dataset, read_ground_truth
 from polmap.io._common import NavReshaped
 
@@ -731,7 +731,7 @@ def test_ground_truth_missing_file(tmp_path):
 
 # ================================================================ CLI
 def _cli(argv: list[str]) -> argparse.Namespace:
-    from polmap import cli_info
+    from polmap.cli import info as cli_info
 
     parser = argparse.ArgumentParser(prog="polmap")
     cli_info.register(parser.add_subparsers(dest="command"))
@@ -766,7 +766,7 @@ def test_cli_info_scan_shape_and_error(tmp_path, capsys, monkeypatch):
     args = _cli(["info", str(p), "--scan-shape", "2,3"])
     assert args.func(args) == 0
     assert "scan shape:   2 x 3" in capsys.readouterr().out
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["polmap.cli_info"])
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["polmap.cli.info"])
     assert cli.main(["info", str(p)]) == 2
     err = capsys.readouterr().err
     assert "stack.npy" in err and "found 3-D data" in err and "scan_shape" in err

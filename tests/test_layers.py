@@ -21,8 +21,8 @@ def test_import_contracts_hold() -> None:
 
 
 def test_the_numpy_core_loads_without_torch_plotly_or_streamlit() -> None:
-    code = ("import sys; import polmap.io, polmap.preprocess, polmap.sampling, polmap.symmetry, polmap.walls, "
-            "polmap.uncertainty, polmap.prediction_file, polmap.simulate, polmap.project; "
+    code = ("import sys; import polmap.io, polmap.process.preprocess, polmap.learn.sampling, polmap.learn.symmetry, polmap.analysis.walls, "
+            "polmap.analysis.uncertainty, polmap.io.prediction_file, polmap.simulate, polmap.io.project; "
             "print(sorted(m for m in ('torch', 'plotly', 'streamlit') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

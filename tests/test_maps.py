@@ -11,9 +11,9 @@ import plotly.graph_objects as go
 import pytest
 from PIL import Image
 
-from polmap.dataset import Calibration
-from polmap.walls import domain_walls, wall_statistics
-from polmap.maps import (
+from polmap.io.dataset import Calibration
+from polmap.analysis.walls import domain_walls, wall_statistics
+from polmap.viz.maps import (
     MAX_PICK_POINTS,
     PAPER_REFERENCE,
     accuracy_vs_labels_figure,

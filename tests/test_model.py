@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from polmap.model import (
+from polmap.learn.model import (
     MODELS,
     CompactNet,
     ThreeLayerCnn,
@@ -124,7 +124,7 @@ def test_default_preprocess() -> None:
     assert compact["centring"] == "disk"  # the antisymmetric channels need a centred pattern
     compact["output_size"] = 1  # a copy: the registry is not changed
     assert default_preprocess("compact")["output_size"] == 48
-    pre = pytest.importorskip("polmap.preprocess")
+    pre = pytest.importorskip("polmap.process.preprocess")
     for name in ("compact", "paper"):
         cfg = pre.PreprocessConfig(**default_preprocess(name))
         assert cfg.output_size == MODELS[name].default_input_size

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from polmap.dataset import Dataset4D
-from polmap.model import build_model
-from polmap.predict import (
+from polmap.io.dataset import Dataset4D
+from polmap.learn.model import build_model
+from polmap.learn.predict import (
     IncompatibleModelError,
     Prediction,
     PredictionCancelled,
@@ -20,7 +20,7 @@ from polmap.predict import (
     predict_scan,
     uncertainty_maps,
 )
-from polmap.train import TrainedModel
+from polmap.learn.train import TrainedModel
 
 
 
@@ -202,7 +202,7 @@ def test_parallel_inference_equals_sequential() -> None:
 
 
 def test_traced_members_give_the_same_probabilities(monkeypatch: pytest.MonkeyPatch) -> None:
-    import polmap.train as train_mod
+    import polmap.learn.train as train_mod
 
     model = make_model(2)
     X = np.random.default_rng(4).random((9, SIZE, SIZE), dtype=np.float32)
@@ -224,8 +224,8 @@ def test_predict_arrays_shapes() -> None:
 
 
 def test_end_to_end_with_the_real_preprocessor(scan: np.ndarray) -> None:
-    pre_mod = pytest.importorskip("polmap.preprocess")
-    from polmap.model import default_preprocess
+    pre_mod = pytest.importorskip("polmap.process.preprocess")
+    from polmap.learn.model import default_preprocess
 
     rng = np.random.default_rng(3)
     rr, cc = np.mgrid[0:40, 0:40] - 19.5
@@ -245,7 +245,7 @@ def test_end_to_end_with_the_real_preprocessor(scan: np.ndarray) -> None:
 
 
 def test_prefetch_keeps_order_bounds_memory_and_raises_in_the_caller() -> None:
-    from polmap.predict import _Prefetch
+    from polmap.learn.predict import _Prefetch
 
     alive = {"now": 0, "most": 0}
     lock = threading.Lock()
@@ -282,7 +282,7 @@ def test_prefetch_keeps_order_bounds_memory_and_raises_in_the_caller() -> None:
 def test_a_large_scan_fed_in_small_chunks_uses_the_traced_members() -> None:
     # 64 x 64 = 4,096 patterns, two rows per chunk: each chunk is far below the tracing
     # threshold, the job is not, so predict_scan traces once for all chunks (~1.5x faster).
-    from polmap.train import TRACE_MIN_PATTERNS
+    from polmap.learn.train import TRACE_MIN_PATTERNS
 
     scan = np.random.default_rng(3).poisson(5.0, size=(64, 64, 40, 40)).astype(np.uint16)
     assert scan.shape[0] * scan.shape[1] >= TRACE_MIN_PATTERNS

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from polmap.prediction_file import DESCRIPTIONS, FORMAT, read_prediction_file, write_prediction_file
+from polmap.io.prediction_file import DESCRIPTIONS, FORMAT, read_prediction_file, write_prediction_file
 
 
 def _arrays(R: int = 3, C: int = 4, K: int = 2) -> dict[str, np.ndarray]:

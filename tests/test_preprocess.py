@@ -1,4 +1,4 @@
-"""polmap.preprocess: analytic checks of every step and of the fitted pipeline."""
+"""polmap.process.preprocess: analytic checks of every step and of the fitted pipeline."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from polmap.dataset import Dataset4D, DatasetError
-from polmap.preprocess import (
+from polmap.io.dataset import Dataset4D, DatasetError
+from polmap.process.preprocess import (
     PreprocessConfig,
     Preprocessor,
     bin_patterns,
@@ -19,7 +19,7 @@ from polmap.preprocess import (
     scale_patterns,
     shift_patterns,
 )
-from polmap.virtual import disk_centres
+from polmap.process.virtual import disk_centres
 
 RAW = dict(scaling="none", normalise="none", output_size=None, hot_pixel_repair=False)
 
@@ -312,7 +312,7 @@ def test_transforms_agree_and_chunking_does_not_matter(noisy_scan: Dataset4D) ->
 
 
 def test_threaded_sub_batches_equal_one_batch(noisy_scan: Dataset4D, monkeypatch: pytest.MonkeyPatch) -> None:
-    import polmap.preprocess as pre
+    import polmap.process.preprocess as pre
 
     pp = Preprocessor(PreprocessConfig(centring="disk", crop_radius=12, output_size=16)).fit(noisy_scan)
     one = np.concatenate([o for _, o in pp.iter_transformed(noisy_scan)])

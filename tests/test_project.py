@@ -1,4 +1,4 @@
-"""Tests for polmap.project: the workspace file."""
+"""Tests for polmap.io.project: the workspace file."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
-from polmap.dataset import Calibration, Dataset4D, DatasetError
+from polmap.io.dataset import Calibration, Dataset4D, DatasetError
 from polmap.labels import ClassSet, LabelStore
-from polmap.project import FORMAT_VERSION, Workspace, WorkspaceError, WorkspaceMismatch
+from polmap.io.project import FORMAT_VERSION, Workspace, WorkspaceError, WorkspaceMismatch
 
 
 def _dataset(seed: int = 0, name: str = "scan", shape=(12, 16, 4, 4)) -> Dataset4D:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polmap.sampling import (
+from polmap.learn.sampling import (
     STRATEGIES,
     Suggestion,
     dataset_features,
@@ -436,11 +436,11 @@ def test_pattern_features_are_the_pooled_pattern_and_its_antisymmetric_parts():
 
 
 def test_dataset_features_chunked_equal_the_whole_scan_at_once():
-    from polmap.model import default_preprocess
-    from polmap.preprocess import PreprocessConfig, Preprocessor
+    from polmap.learn.model import default_preprocess
+    from polmap.process.preprocess import PreprocessConfig, Preprocessor
     from polmap.simulate import simulate_scan
 
-    from polmap.dataset import Dataset4D
+    from polmap.io.dataset import Dataset4D
 
     ds = Dataset4D.from_array(simulate_scan("tiny").data)
     R, C = ds.scan_shape
@@ -456,7 +456,7 @@ def test_dataset_features_chunked_equal_the_whole_scan_at_once():
 
 
 def test_a_strategy_that_breaks_the_budget_contract_raises_even_under_python_O(monkeypatch) -> None:
-    import polmap.sampling as sampling
+    import polmap.learn.sampling as sampling
 
     def short(ctx):  # one position fewer than asked for
         return Suggestion(np.array([[0, 0]]), np.array([0.0]), ("random",), "random", "", {})

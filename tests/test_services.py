@@ -66,7 +66,7 @@ def test_a_stored_model_that_cannot_be_restored_is_reported_and_the_labels_kept(
 def test_predicted_area_leaves_out_positions_not_yet_predicted() -> None:
     import numpy as np
 
-    from polmap.predict import Prediction
+    from polmap.learn.predict import Prediction
 
     lm = np.array([[0, 0, 1], [1, 1, -1]], dtype=np.int16)
     nan = np.full(lm.shape, np.nan, dtype=np.float32)

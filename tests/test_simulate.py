@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from polmap import simulate as S
-from polmap.cli_simulate import register
+from polmap.cli.simulate import register
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +199,8 @@ def test_a_rotated_or_mirrored_camera_renders_the_rotated_pattern(batio3):
 
 def _class_mean_contrast(scan: S.SimulatedScan, a: str, b: str) -> float:
     """Relative L1 difference of two classes' mean patterns after the default preprocessing."""
-    from polmap.model import default_preprocess
-    from polmap.preprocess import PreprocessConfig, Preprocessor
+    from polmap.learn.model import default_preprocess
+    from polmap.process.preprocess import PreprocessConfig, Preprocessor
 
     ds = scan.to_dataset()
     pre = Preprocessor(PreprocessConfig(**default_preprocess("auto"))).fit(ds)

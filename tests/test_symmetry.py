@@ -7,11 +7,11 @@ import functools
 import numpy as np
 import pytest
 
-from polmap.detector_symmetry import SYMMETRY_OPS
-from polmap.model import default_preprocess
-from polmap.preprocess import PreprocessConfig, Preprocessor
+from polmap.process.detector_symmetry import SYMMETRY_OPS
+from polmap.learn.model import default_preprocess
+from polmap.process.preprocess import PreprocessConfig, Preprocessor
 from polmap.simulate import get_preset, simulate_scan
-from polmap.symmetry import (
+from polmap.learn.symmetry import (
     SymmetryMap,
     declared_arrows,
     discover_symmetry,

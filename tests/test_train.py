@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from polmap.augment import AugmentConfig
-from polmap.detector_symmetry import SYMMETRY_OPS
-from polmap.symmetry import SymmetryMap, declared_arrows
-from polmap.train import (
+from polmap.learn.augment import AugmentConfig
+from polmap.process.detector_symmetry import SYMMETRY_OPS
+from polmap.learn.symmetry import SymmetryMap, declared_arrows
+from polmap.learn.train import (
     CheckpointError,
     TrainConfig,
     TrainedModel,
@@ -206,8 +206,8 @@ def test_learns_the_toy_problem_with_honest_report(trained: TrainedModel, toy: d
 def test_validation_folds_never_train_their_member(toy: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
     # Spy on every pattern that reaches a member's optimiser (via the augmenter) or its
     # batch-norm recalibration, and check none of them is in the member's validation fold.
-    import polmap.train as train_mod
-    from polmap.augment import Augmenter
+    import polmap.learn.train as train_mod
+    from polmap.learn.augment import Augmenter
 
     X, y = toy["X"], toy["y"]
     rows = {X[i].tobytes(): i for i in range(len(X))}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from polmap import uncertainty as U
+from polmap.analysis import uncertainty as U
 
 
 def test_analytic_values() -> None:
@@ -33,9 +33,9 @@ def test_disagreement_is_zero_when_members_agree_and_large_when_they_contradict(
 
 
 def test_one_definition_everywhere() -> None:
-    from polmap.maps import rgb_map
-    from polmap.predict import uncertainty_maps
-    from polmap.sampling import uncertainty_map
+    from polmap.viz.maps import rgb_map
+    from polmap.learn.predict import uncertainty_maps
+    from polmap.learn.sampling import uncertainty_map
 
     rng = np.random.default_rng(0)
     members = rng.dirichlet(np.ones(4), size=(3, 6 * 5)).astype(np.float32)

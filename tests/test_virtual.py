@@ -1,4 +1,4 @@
-"""polmap.virtual: virtual detectors, beam finding, COM maps against brute force."""
+"""polmap.process.virtual: virtual detectors, beam finding, COM maps against brute force."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from polmap.dataset import Dataset4D
-from polmap.virtual import VirtualResult, compute_virtual, detector_masks, disk_centres, find_beam
+from polmap.io.dataset import Dataset4D
+from polmap.process.virtual import VirtualResult, compute_virtual, detector_masks, disk_centres, find_beam
 
 
 def disk(shape: tuple[int, int], cy: float, cx: float, r: float, grad: tuple[float, float] = (0.0, 0.0), ss: int = 8) -> np.ndarray:

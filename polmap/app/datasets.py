@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import streamlit as st
 
-from polmap.dataset import Dataset4D
+from polmap.io.dataset import Dataset4D
 
 from polmap.app.errors import USER_ERRORS, UserError, format_error
 from polmap.app.options import data_root, demo_preset, max_upload_mb, model_preprocess, preprocess_config, workspace_dir
@@ -144,7 +144,7 @@ def workspace_path(sess: Session, ds: Dataset4D) -> Path:
 
 def set_dataset(sess: Session, ds: Dataset4D, spec: dict[str, Any], class_preset: str | None = None) -> None:
     """Make ``ds`` the session's dataset; open (or create) its workspace and reset model state."""
-    from polmap.project import Workspace
+    from polmap.io.project import Workspace
 
     if sess.dataset is not None and sess.dataset.fingerprint == ds.fingerprint and sess.workspace is not None:
         sess.dataset_spec = dict(spec)
@@ -221,7 +221,7 @@ def directions_text(sess: Session) -> str:
 
 def set_class_directions(sess: Session, text: str) -> None:
     """Declare (or clear, with empty text) the class directions, a prior that training checks."""
-    from polmap.symmetry import parse_directions
+    from polmap.learn.symmetry import parse_directions
 
     if sess.labels is None:
         return
@@ -296,12 +296,12 @@ def _virtual_registry() -> "_Registry":
 
 
 def virtual(ds: Dataset4D, progress: Callable[[int, int], None] | None = None) -> Any:
-    """:class:`polmap.virtual.VirtualResult` of a dataset (one chunked pass, cached by fingerprint).
+    """:class:`polmap.process.virtual.VirtualResult` of a dataset (one chunked pass, cached by fingerprint).
 
     ``progress(rows_done, rows_total)`` is called after every chunk of the
     first (uncached) computation.
     """
-    from polmap.virtual import compute_virtual
+    from polmap.process.virtual import compute_virtual
 
     reg = _virtual_registry()
     hit = reg.get(ds.fingerprint)
@@ -317,8 +317,8 @@ def _features_registry() -> "_Registry":
 
 
 def cold_start_features(ds: Dataset4D) -> np.ndarray:
-    """:func:`polmap.sampling.dataset_features` of a dataset (cold-start clustering), cached by fingerprint."""
-    from polmap.sampling import dataset_features
+    """:func:`polmap.learn.sampling.dataset_features` of a dataset (cold-start clustering), cached by fingerprint."""
+    from polmap.learn.sampling import dataset_features
 
     reg = _features_registry()
     hit = reg.get(ds.fingerprint)
@@ -348,14 +348,14 @@ def preprocess_key(cfg: Any) -> str:
 
 @st.cache_resource(show_spinner="Fitting the preprocessing (beam centre, descan)…", max_entries=32)
 def _preprocessor_cached(fingerprint: str, key: str, cfg_json: str, _ds: Dataset4D) -> Any:
-    from polmap.preprocess import Preprocessor
+    from polmap.process.preprocess import Preprocessor
 
     cfg = preprocess_config(json.loads(cfg_json))
     return Preprocessor(cfg).fit(_ds)
 
 
 def preprocessor(ds: Dataset4D, cfg_dict: dict[str, Any] | None) -> Any:
-    """A fitted :class:`polmap.preprocess.Preprocessor` (cached by fingerprint + config)."""
+    """A fitted :class:`polmap.process.preprocess.Preprocessor` (cached by fingerprint + config)."""
     cfg = preprocess_config(cfg_dict)
     return _preprocessor_cached(ds.fingerprint, preprocess_key(cfg), json.dumps(cfg.to_dict(), sort_keys=True, default=str), ds)
 

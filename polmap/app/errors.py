@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 import streamlit as st
 
-from polmap.dataset import DatasetError
+from polmap.io.dataset import DatasetError
 
 
 log = logging.getLogger("polmap.app")

@@ -18,11 +18,11 @@ log = logging.getLogger("polmap.app")
 
 
 def export_hdf5(sess: Session) -> bytes:
-    """The map as a polmap prediction file (:mod:`polmap.prediction_file`: the file ``polmap predict``
+    """The map as a polmap prediction file (:mod:`polmap.io.prediction_file`: the file ``polmap predict``
     writes and ``polmap export`` reads), with the walls, the labels and the provenance."""
     from polmap import __version__
     from polmap.labels import SOURCES
-    from polmap.prediction_file import write_prediction_file
+    from polmap.io.prediction_file import write_prediction_file
 
     pred = predict(sess)
     ds = sess.dataset
@@ -74,7 +74,7 @@ def export_basename(sess: Session) -> str:
 
 def export_png(sess: Session, with_walls: bool = True, scale: int | None = None) -> bytes:
     """The RGB map as a PNG (nearest-neighbour upscaled; walls drawn in black when asked)."""
-    from polmap import maps
+    from polmap.viz import maps
 
     pred = predict(sess)
     rgb = map_rgb(sess, pred)

@@ -1,4 +1,4 @@
-"""Figures for the pages: thin wrappers over polmap.maps with the session's classes and colours."""
+"""Figures for the pages: thin wrappers over polmap.viz.maps with the session's classes and colours."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from polmap.dataset import Dataset4D
-from polmap.walls import scan_step
+from polmap.io.dataset import Dataset4D
+from polmap.analysis.walls import scan_step
 
 from polmap.app.session import Session
 from polmap.app.training import uncertainty
@@ -17,8 +17,8 @@ log = logging.getLogger("polmap.app")
 
 
 def domain_walls(sess: Session, pred: Any) -> np.ndarray:
-    """Positions where the predicted class changes (``polmap.walls.domain_walls``, one-pixel lines)."""
-    from polmap.walls import domain_walls as dw
+    """Positions where the predicted class changes (``polmap.analysis.walls.domain_walls``, one-pixel lines)."""
+    from polmap.analysis.walls import domain_walls as dw
 
     return dw(np.asarray(pred.label_map), thin=True)
 
@@ -39,7 +39,7 @@ def scan_figure(
     height: int = 460,
     title: str | None = None,
 ) -> Any:
-    """A scan-space figure (``polmap.maps``) a click can pick positions on.
+    """A scan-space figure (``polmap.viz.maps``) a click can pick positions on.
 
     Parameters
     ----------
@@ -50,7 +50,7 @@ def scan_figure(
         uncertainty go into the hover and the uncertainty layer
     """
     import plotly.graph_objects as go
-    from polmap import maps
+    from polmap.viz import maps
 
     bg = np.asarray(background)
     labelled = None
@@ -175,11 +175,11 @@ def clicked_position(event: Any) -> tuple[int, int] | None:
 
 def pattern_figure(pattern: np.ndarray, *, log: bool = False, title: str | None = None, height: int = 320,
                    detectors: Any = None, calibration: Any = None) -> Any:
-    """A diffraction pattern (``polmap.maps.pattern_figure``), optionally log, with detector outlines.
+    """A diffraction pattern (``polmap.viz.maps.pattern_figure``), optionally log, with detector outlines.
 
-    ``detectors``: a :class:`polmap.virtual.VirtualResult` whose BF disk and ADF annulus are drawn.
+    ``detectors``: a :class:`polmap.process.virtual.VirtualResult` whose BF disk and ADF annulus are drawn.
     """
-    from polmap import maps
+    from polmap.viz import maps
 
     overlays = None
     if detectors is not None:
@@ -195,12 +195,12 @@ def pattern_figure(pattern: np.ndarray, *, log: bool = False, title: str | None 
 
 
 def curves_figure(history: Any, height: int = 300, final_accuracy: float | None = None) -> Any:
-    """Loss and validation-accuracy curves (``polmap.maps.curves_figure``), ensemble members one after another.
+    """Loss and validation-accuracy curves (``polmap.viz.maps.curves_figure``), ensemble members one after another.
 
     ``final_accuracy`` (the out-of-fold accuracy of the finished ensemble) is
     drawn as a dotted line on the accuracy panel.
     """
-    from polmap import maps
+    from polmap.viz import maps
 
     fig = maps.curves_figure(history)
     if final_accuracy is not None:
@@ -244,7 +244,7 @@ def predicted_area_markdown(names: list[str], colors: list[str], pred: Any) -> s
 
 def map_rgb(sess: Session, pred: Any = None, fade: float = 0.0) -> np.ndarray | None:
     """``(R, C, 3)`` uint8 RGB polarization map of a prediction (class colours weighted by probability)."""
-    from polmap.maps import rgb_map
+    from polmap.viz.maps import rgb_map
 
     pred = pred if pred is not None else sess.prediction
     if pred is None:
@@ -265,7 +265,7 @@ def probability_bars(names: list[str], colors: list[str], p: np.ndarray, height:
 
 def trusted_directions(sess: Session) -> dict[str, Any]:
     """Class directions that were declared and that the current model's training did not see contradicted."""
-    from polmap.symmetry import SymmetryMap, verified_directions
+    from polmap.learn.symmetry import SymmetryMap, verified_directions
 
     declared = sess.classes.directions if sess.classes is not None else {}
     rep = sess.model.report if sess.model is not None else {}
@@ -287,6 +287,6 @@ def map_colors(sess: Session) -> list[str]:
 
 def legend_figure(sess: Session) -> Any:
     """Class colours, with the colour wheel when some classes have trusted directions."""
-    from polmap.maps import legend_figure as lf
+    from polmap.viz.maps import legend_figure as lf
 
     return lf(sess.classes.names, map_colors(sess), trusted_directions(sess))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from polmap.maps import robust_uint8
+from polmap.viz.maps import robust_uint8
 
 from polmap.app.session import Session, autosave
 from polmap.app.datasets import cold_start_features
@@ -122,14 +122,14 @@ def import_labels_csv(sess: Session, data: bytes) -> int:
 
 
 def strategies() -> dict[str, str]:
-    from polmap.sampling import STRATEGIES
+    from polmap.learn.sampling import STRATEGIES
 
     return dict(STRATEGIES)
 
 
 def suggest(sess: Session, strategy: str, budget: int, seed: int = 0) -> None:
     """Compute the next positions to label and put them in the session's queue."""
-    from polmap import sampling
+    from polmap.learn import sampling
 
     ds = sess.dataset
     pos, cls = sess.labels.positions_and_classes()

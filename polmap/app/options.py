@@ -45,10 +45,10 @@ def demo_presets() -> list[str]:
 def preprocess_options(current: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``selectbox`` arguments (options, index of the current value) for each choice of the preprocessing form.
 
-    The options are the core's (:mod:`polmap.preprocess`); a current value the
+    The options are the core's (:mod:`polmap.process.preprocess`); a current value the
     core does not know is kept as the first option rather than replaced unseen.
     """
-    from polmap import preprocess as pp
+    from polmap.process import preprocess as pp
 
     defaults = pp.PreprocessConfig()
     out: dict[str, dict[str, Any]] = {}
@@ -107,12 +107,12 @@ def list_data_files(root: Path | None = None, limit: int = 2000) -> list[str]:
 
 
 def preprocess_config(d: dict[str, Any] | None = None) -> Any:
-    """A :class:`polmap.preprocess.PreprocessConfig` from a dict.
+    """A :class:`polmap.process.preprocess.PreprocessConfig` from a dict.
 
     Keys this polmap does not know (a workspace from another version) are
     left out and logged; the rest must be valid.
     """
-    from polmap.preprocess import PreprocessConfig
+    from polmap.process.preprocess import PreprocessConfig
 
     d = dict(d or {})
     known = PreprocessConfig.__dataclass_fields__
@@ -124,6 +124,6 @@ def preprocess_config(d: dict[str, Any] | None = None) -> Any:
 
 def model_preprocess(name: str) -> dict[str, Any]:
     """The preprocessing a network was designed for (full PreprocessConfig dict)."""
-    from polmap.model import default_preprocess
+    from polmap.learn.model import default_preprocess
 
     return preprocess_config(default_preprocess(name)).to_dict()

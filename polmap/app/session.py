@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from polmap.dataset import Dataset4D
+from polmap.io.dataset import Dataset4D
 
 
 log = logging.getLogger("polmap.app")
@@ -31,10 +31,10 @@ class Session:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     dataset: Dataset4D | None = None
     dataset_spec: dict[str, Any] = field(default_factory=dict)  # how to reopen it
-    workspace: Any = None  # polmap.project.Workspace
+    workspace: Any = None  # polmap.io.project.Workspace
     preprocess: dict[str, Any] = field(default_factory=dict)
     train_settings: dict[str, Any] = field(default_factory=dict)
-    model: Any = None  # polmap.train.TrainedModel
+    model: Any = None  # polmap.learn.train.TrainedModel
     model_key: str | None = None
     model_info: dict[str, Any] = field(default_factory=dict)
     prediction: Any = None

@@ -1,4 +1,4 @@
-"""Training (cached, through polmap.pipeline), restoring and applying models, predictions and accuracy."""
+"""Training (cached, through polmap.learn.pipeline), restoring and applying models, predictions and accuracy."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any, Callable
 import numpy as np
 import streamlit as st
 
-from polmap.uncertainty import DEFINITIONS as UNCERTAINTY_DEFINITIONS
-from polmap.uncertainty import NAMES as UNCERTAINTY_NAMES
-from polmap.dataset import Dataset4D
+from polmap.analysis.uncertainty import DEFINITIONS as UNCERTAINTY_DEFINITIONS
+from polmap.analysis.uncertainty import NAMES as UNCERTAINTY_NAMES
+from polmap.io.dataset import Dataset4D
 
 from polmap.app.errors import USER_ERRORS, UserError
 from polmap.app.options import preprocess_config
@@ -36,20 +36,20 @@ def _prediction_registry() -> _Registry:
 
 def model_names() -> dict[str, str]:
     """Networks offered: name -> one-line description."""
-    from polmap.model import MODELS
+    from polmap.learn.model import MODELS
 
     return {str(k): v.description for k, v in MODELS.items()}
 
 
 def default_train_settings() -> dict[str, Any]:
     """TrainConfig defaults as a dict (what the Train page starts from)."""
-    from polmap.train import TrainConfig
+    from polmap.learn.train import TrainConfig
 
     return TrainConfig().to_dict()
 
 
 def train_config(settings: dict[str, Any]) -> Any:
-    from polmap.train import TrainConfig
+    from polmap.learn.train import TrainConfig
 
     return TrainConfig.from_dict(settings)  # keys it does not know are left out
 
@@ -112,7 +112,7 @@ def train(
         model, info = hit
         _adopt_model(sess, model, key, info, trained=False)
         return model, True
-    from polmap.pipeline import train_on_dataset
+    from polmap.learn.pipeline import train_on_dataset
 
     ds = sess.dataset
     pre = preprocessor(ds, sess.preprocess)
@@ -151,7 +151,7 @@ def train(
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _scan_sample_cached(fingerprint: str, preprocess_key_: str, seed: int, _ds: Dataset4D, _pre: Any) -> Any:
-    from polmap.pipeline import scan_sample
+    from polmap.learn.pipeline import scan_sample
 
     return scan_sample(_ds, _pre, seed=seed)
 
@@ -194,7 +194,7 @@ def restore_model(sess: Session) -> bool:
 
 
 def load_model_bytes(data: bytes) -> Any:
-    from polmap.train import TrainedModel
+    from polmap.learn.train import TrainedModel
 
     try:
         return TrainedModel.load(io.BytesIO(data))
@@ -210,7 +210,7 @@ def model_class_names(model: Any) -> list[str]:
 
 def check_model_fits(sess: Session, model: Any, meta: dict[str, Any] | None = None) -> None:
     """Refuse a model made for other classes or another detector (a clear message, no traceback)."""
-    from polmap.predict import check_compatible
+    from polmap.learn.predict import check_compatible
 
     names = model_class_names(model)
     if names and sess.classes is not None and list(names) != sess.classes.names:
@@ -302,7 +302,7 @@ def predict(sess: Session, progress: Callable[[int, int], None] | None = None) -
 
 def _predict_scan(model: Any, ds: Dataset4D, pre: Any, progress: Callable[[int, int], None] | None,
                   class_names: list[str] | None = None) -> Any:
-    from polmap.predict import check_compatible, predict_scan
+    from polmap.learn.predict import check_compatible, predict_scan
 
     check_compatible(model, ds, pre, class_names)
 
@@ -313,7 +313,7 @@ def _predict_scan(model: Any, ds: Dataset4D, pre: Any, progress: Callable[[int, 
     return predict_scan(model, ds, pre, progress=prog)
 
 
-# The Map page's uncertainty, by the name it carries everywhere (polmap.uncertainty).
+# The Map page's uncertainty, by the name it carries everywhere (polmap.analysis.uncertainty).
 UNCERTAINTY_NAME = UNCERTAINTY_NAMES["entropy"]
 
 
@@ -321,7 +321,7 @@ UNCERTAINTY_HELP = UNCERTAINTY_DEFINITIONS["entropy"]
 
 
 def uncertainty(pred: Any) -> np.ndarray:
-    """The Map page's uncertainty: the prediction's normalised entropy in [0, 1] (:mod:`polmap.uncertainty`)."""
+    """The Map page's uncertainty: the prediction's normalised entropy in [0, 1] (:mod:`polmap.analysis.uncertainty`)."""
     return np.asarray(pred.entropy)
 
 
@@ -374,7 +374,7 @@ def accuracy(sess: Session, pred: Any, ds: Dataset4D | None = None) -> dict[str,
 
 def lattice_guess(ds: Dataset4D) -> tuple[float | None, float]:
     """``(g_px, disk_radius_px)``: first-order disk spacing from the metadata (simulations) or None."""
-    from polmap import baseline
+    from polmap.analysis import baseline
 
     try:
         (g, _), r = baseline.lattice_from_metadata(ds.metadata)
@@ -385,7 +385,7 @@ def lattice_guess(ds: Dataset4D) -> tuple[float | None, float]:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _conventional_cached(fingerprint: str, g: float, radius: float, _ds: Dataset4D) -> Any:
-    from polmap.baseline import conventional_maps
+    from polmap.analysis.baseline import conventional_maps
 
     return conventional_maps(_ds, (g, g), radius)
 
@@ -403,7 +403,8 @@ def conventional(sess: Session, signal: str, g_px: float, radius_px: float) -> d
         ``label_map``, ``class_rgb``, ``label_accuracy`` (on the labels) and
         ``accuracy`` (against the ground truth, when known).
     """
-    from polmap import baseline, maps
+    from polmap.analysis import baseline
+    from polmap.viz import maps
 
     ds = sess.dataset
     if g_px <= 0 or radius_px <= 0:

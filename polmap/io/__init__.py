@@ -12,7 +12,7 @@ Gatan .dm3 / .dm4           py4DSTEM (ncempy) memory map
 .zip of any of these        extracted to a temp dir removed on ``close()``
 ==========================  ===================================================================
 
-Every bad input raises :class:`~polmap.dataset.DatasetError`, whose message
+Every bad input raises :class:`~polmap.io.dataset.DatasetError`, whose message
 names the file, what was expected and what was found.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from polmap.dataset import Dataset4D, DatasetError, GroundTruth
+from polmap.io.dataset import Dataset4D, DatasetError, GroundTruth
 from polmap.io import _formats, _hdf5
 from polmap.io._common import (
     EXTENSIONS,

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from polmap.dataset import Calibration, DatasetError, GroundTruth
+from polmap.io.dataset import Calibration, DatasetError, GroundTruth
 
 # Extension -> reader kind. ".hdr" is the Merlin sidecar: opening it opens its .mib.
 EXTENSIONS: dict[str, str] = {

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from polmap.dataset import DatasetError
+from polmap.io.dataset import DatasetError
 from polmap.io._common import (
     EXTENSIONS,
     Candidate,

@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from polmap.dataset import Calibration, DatasetError, GroundTruth
+from polmap.io.dataset import Calibration, DatasetError, GroundTruth
 from polmap.io._common import (
     Candidate,
     Opened,
@@ -255,7 +255,7 @@ def _directions_attr(objs: tuple[Any, ...], names: list[str]) -> dict[str, Any] 
 
     A malformed declaration is dropped: it is a prior, and the scan is usable without it.
     """
-    from polmap.symmetry import parse_directions
+    from polmap.learn.symmetry import parse_directions
 
     for obj in objs:
         raw = _attr(obj, "class_directions")

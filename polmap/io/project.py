@@ -35,7 +35,7 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from polmap.dataset import DatasetError
+from polmap.io.dataset import DatasetError
 from polmap.labels import SOURCES, ClassSet, LabelStore
 
 __all__ = [
@@ -103,11 +103,11 @@ class DatasetRef:
     name : str
         Human-readable name.
     fingerprint : str
-        :attr:`polmap.dataset.Dataset4D.fingerprint` of the content.
+        :attr:`polmap.io.dataset.Dataset4D.fingerprint` of the content.
     scan_shape, detector_shape : tuple of int
         ``(R, C)`` and ``(Qr, Qc)``.
     calibration : dict
-        :meth:`polmap.dataset.Calibration.to_dict` output (may be empty).
+        :meth:`polmap.io.dataset.Calibration.to_dict` output (may be empty).
     """
 
     source: str
@@ -120,7 +120,7 @@ class DatasetRef:
 
     @classmethod
     def from_dataset(cls, dataset: Any) -> "DatasetRef":
-        """Describe a :class:`~polmap.dataset.Dataset4D` (or anything with the same attributes)."""
+        """Describe a :class:`~polmap.io.dataset.Dataset4D` (or anything with the same attributes)."""
         cal = getattr(dataset, "calibration", None)
         return cls(
             source=str(dataset.source),

@@ -6,8 +6,8 @@ One function per step, each used by all three front ends:
   not): the linear members whiten with it and the symmetry search compares
   with it;
 - :func:`find_symmetry` finds which detector operation maps which class onto
-  which (:func:`polmap.symmetry.discover_symmetry`), or says it is off;
-- :func:`train_on_patterns` runs both and trains (:func:`polmap.train.train_model`);
+  which (:func:`polmap.learn.symmetry.discover_symmetry`), or says it is off;
+- :func:`train_on_patterns` runs both and trains (:func:`polmap.learn.train.train_model`);
 - :func:`train_on_dataset` first preprocesses the labelled positions.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from polmap.symmetry import SymmetryMap, discover_symmetry
+from polmap.learn.symmetry import SymmetryMap, discover_symmetry
 
 __all__ = ["SCAN_SAMPLE", "find_symmetry", "scan_sample", "train_on_dataset", "train_on_patterns"]
 
@@ -115,14 +115,14 @@ def train_on_patterns(
     directions : dict, optional
         Declared class directions.
     **train_kwargs
-        Passed to :func:`polmap.train.train_model` (``groups``, ``progress``,
+        Passed to :func:`polmap.learn.train.train_model` (``groups``, ``progress``,
         ``cancel``, ``class_colors``, ``preprocess_state``, ``provenance``).
 
     Returns
     -------
     TrainedModel
     """
-    from polmap.train import train_model
+    from polmap.learn.train import train_model
 
     names = list(class_names)
     y = np.asarray(labels)

@@ -24,7 +24,7 @@ Two architectures, both taking ``(N, 1, H, W)`` float32 patterns and returning
     batch norm, no dropout. Kept as a faithful baseline.
 
 :func:`default_preprocess` gives the preprocessing each model was designed
-for, as keyword arguments of :class:`polmap.preprocess.PreprocessConfig`.
+for, as keyword arguments of :class:`polmap.process.preprocess.PreprocessConfig`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from polmap.preprocess import INPUT_PRESETS
+from polmap.process.preprocess import INPUT_PRESETS
 
 __all__ = [
     "MODELS",
@@ -184,7 +184,7 @@ class CompactNet(nn.Module):
 class LinearDiscriminant(nn.Module):
     """A linear discriminant in a whitened principal-component space of the scan.
 
-    Fitted in closed form (:func:`polmap.linear.fit_discriminant`), not by
+    Fitted in closed form (:func:`polmap.learn.linear.fit_discriminant`), not by
     gradient descent; everything it needs is a buffer, so it is saved and
     loaded like the networks.
 
@@ -393,7 +393,7 @@ def default_preprocess(name: str = "compact") -> dict[str, Any]:
     Returns
     -------
     dict
-        Keyword arguments for :class:`polmap.preprocess.PreprocessConfig`
+        Keyword arguments for :class:`polmap.process.preprocess.PreprocessConfig`
         (``PreprocessConfig(**default_preprocess("paper"))``).
     """
     return dict(_spec(name).preprocess)

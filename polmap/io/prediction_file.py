@@ -27,7 +27,7 @@ from typing import IO, Any, Mapping, Sequence
 import numpy as np
 
 from polmap.serial import json_safe
-from polmap.uncertainty import DEFINITIONS, NAMES
+from polmap.analysis.uncertainty import DEFINITIONS, NAMES
 
 __all__ = ["FORMAT", "VERSION", "DESCRIPTIONS", "write_prediction_file", "read_prediction_file"]
 

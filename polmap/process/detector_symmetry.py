@@ -2,7 +2,7 @@
 
 Used by the symmetry discovery, the whitened linear space and the augmentation:
 which operation maps which class onto which is learnt from the data
-(:mod:`polmap.symmetry`), never read from a class name.
+(:mod:`polmap.learn.symmetry`), never read from a class name.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ the pattern centre: a feature at offset ``d`` moves to ``M d``.
 Which operation maps which class onto which is never read from class names:
 detectors are mounted mirrored or rotated, crystal axes need not lie along
 detector axes and users name classes as they like. The relabelling comes from
-a :class:`polmap.symmetry.SymmetryMap` found in the labelled data (or declared
+a :class:`polmap.learn.symmetry.SymmetryMap` found in the labelled data (or declared
 by the user and verified there); an operation is applied to a pattern of class
 ``a`` only where the map holds an arrow ``a -> b`` for it.
 
@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from polmap.detector_symmetry import OP_MATRICES, SYMMETRY_OPS, apply_op
+from polmap.process.detector_symmetry import OP_MATRICES, SYMMETRY_OPS, apply_op
 
 __all__ = ["AugmentConfig", "Augmenter"]
 
@@ -126,7 +126,7 @@ class Augmenter:
     arrows : dict, optional
         Symmetry operation -> image class of every class (``None``: the
         operation is not applied to patterns of that class), e.g.
-        :attr:`polmap.symmetry.SymmetryMap.arrows`. Without it, or with
+        :attr:`polmap.learn.symmetry.SymmetryMap.arrows`. Without it, or with
         ``config.symmetry`` off, no symmetry operation is applied.
 
     Attributes

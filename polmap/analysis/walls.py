@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from polmap.dataset import Calibration
+from polmap.io.dataset import Calibration
 
 __all__ = ["as_label_map", "domain_walls", "near_wall_mask", "neighbour_pairs", "scan_step", "wall_statistics"]
 

@@ -15,7 +15,7 @@ Two baselines:
 
 Every pass over the data is chunked: ``data`` is a 4-D array ``(R, C, Qr, Qc)`` or
 any object with ``iter_chunks(max_bytes)`` yielding ``(row_slice, block)`` (e.g.
-:class:`polmap.dataset.Dataset4D`).
+:class:`polmap.io.dataset.Dataset4D`).
 """
 
 from __future__ import annotations

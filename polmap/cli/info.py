@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from polmap.dataset import DatasetError
+from polmap.io.dataset import DatasetError
 from polmap.io import list_4d_datasets, open_dataset
 
 

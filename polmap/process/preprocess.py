@@ -13,7 +13,7 @@ mass ("com") shifts every pattern by an amount that *depends on that signal*
 and so partly removes it (this is what DPC measures). "disk" instead centres
 each pattern on the geometric centre of its bright-field disk, the circle
 through the points where the intensity falls to half of the disk's local
-level (:func:`polmap.virtual.disk_centres`), which such gradients and
+level (:func:`polmap.process.virtual.disk_centres`), which such gradients and
 neighbouring disks do not move; "plane" fits a plane to those centres over
 the scan and removes only the smooth descan, keeping local deflections.
 
@@ -45,8 +45,8 @@ import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from polmap import settings
-from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D, DatasetError
-from polmap.virtual import iter_row_blocks, disk_centres, find_beam
+from polmap.io.dataset import DEFAULT_CHUNK_BYTES, Dataset4D, DatasetError
+from polmap.process.virtual import iter_row_blocks, disk_centres, find_beam
 
 __all__ = [
     "CENTRINGS",

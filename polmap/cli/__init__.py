@@ -7,13 +7,13 @@ import importlib
 import sys
 
 from polmap import __version__
-from polmap.dataset import DatasetError
+from polmap.io.dataset import DatasetError
 
 # Each module has ``register(subparsers)`` that adds its sub-command(s) with ``func`` set.
 COMMAND_MODULES: list[str] = [
-    "polmap.cli_info",
-    "polmap.cli_simulate",
-    "polmap.cli_learn",
+    "polmap.cli.info",
+    "polmap.cli.simulate",
+    "polmap.cli.learn",
 ]
 
 

@@ -6,7 +6,7 @@ streamlit.
 
 Conventions: positions are ``(row, col)``; on figures ``x`` runs along columns
 and ``y`` along rows (downwards), both in calibrated real-space units when a
-:class:`~polmap.dataset.Calibration` with ``real_step`` is given, else in scan
+:class:`~polmap.io.dataset.Calibration` with ``real_step`` is given, else in scan
 pixels. Directions: ``+x`` (increasing column) is hue 0 deg, ``+y``
 (increasing row, down) is hue 90 deg.
 
@@ -31,10 +31,10 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, PngImagePlugin
 
-from polmap.dataset import Calibration
-from polmap.uncertainty import NAMES as _UNCERTAINTY_NAMES
-from polmap.uncertainty import normalised_entropy
-from polmap.walls import scan_step
+from polmap.io.dataset import Calibration
+from polmap.analysis.uncertainty import NAMES as _UNCERTAINTY_NAMES
+from polmap.analysis.uncertainty import normalised_entropy
+from polmap.analysis.walls import scan_step
 
 # What the map's uncertainty is, by name, wherever it is shown.
 UNCERTAINTY_NAME = _UNCERTAINTY_NAMES["entropy"]
@@ -745,7 +745,7 @@ def legend_figure(
     directions : dict, optional
         Class name -> direction in degrees on the detector (from +column
         towards +row), only directions declared and verified on the data
-        (:func:`polmap.symmetry.verified_directions`); never read from a name.
+        (:func:`polmap.learn.symmetry.verified_directions`); never read from a name.
         With any, the colour wheel (:func:`colour_wheel`) is drawn with those
         classes written at their angle and the others as swatches below.
     size : int

@@ -1,8 +1,8 @@
 """Headless learning commands: ``train``, ``predict``, ``suggest``, ``export``, ``benchmark``.
 
 Each is a thin layer over the same core the dashboard uses
-(:mod:`polmap.preprocess`, :mod:`polmap.train`, :mod:`polmap.predict`,
-:mod:`polmap.sampling`, :mod:`polmap.maps`, :mod:`polmap.benchmark`).
+(:mod:`polmap.process.preprocess`, :mod:`polmap.learn.train`, :mod:`polmap.learn.predict`,
+:mod:`polmap.learn.sampling`, :mod:`polmap.viz.maps`, :mod:`polmap.evaluation.benchmark`).
 Bad input raises ``ValueError``/``DatasetError``/``FileNotFoundError`` with one
 clear sentence; :func:`polmap.cli.main` prints it without a traceback.
 
@@ -118,7 +118,7 @@ def _load_labels(args: argparse.Namespace, ds: Any, *, required: bool = True) ->
         return LabelStore(ds.scan_shape, _class_set(names))
     _need_file(path, "labels file")
     if _is_hdf5(path):
-        from polmap.project import Workspace
+        from polmap.io.project import Workspace
 
         ws = Workspace.open(path, dataset=ds)  # WorkspaceMismatch when made for other data
         store = ws.labels
@@ -173,11 +173,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from polmap.model import MODELS, default_preprocess
-    from polmap.pipeline import train_on_dataset
-    from polmap.preprocess import PreprocessConfig, Preprocessor
-    from polmap.symmetry import parse_directions
-    from polmap.train import TrainConfig
+    from polmap.learn.model import MODELS, default_preprocess
+    from polmap.learn.pipeline import train_on_dataset
+    from polmap.process.preprocess import PreprocessConfig, Preprocessor
+    from polmap.learn.symmetry import parse_directions
+    from polmap.learn.train import TrainConfig
 
     if args.model not in MODELS:
         raise ValueError(f"unknown model {args.model!r}; choose one of {sorted(MODELS)}")
@@ -270,7 +270,7 @@ def _say_symmetry(args: argparse.Namespace, sym: dict[str, Any]) -> None:
 # predict
 # ---------------------------------------------------------------------------------
 def _load_model(path: str) -> Any:
-    from polmap.train import TrainedModel
+    from polmap.learn.train import TrainedModel
 
     _need_file(path, "model file")
     return TrainedModel.load(path)
@@ -281,8 +281,8 @@ def _model_preprocessor(model: Any, ds: Any, refit: bool) -> tuple[Any, str]:
 
     Raises IncompatibleModelError (a ValueError) when model and dataset do not match.
     """
-    from polmap.predict import check_compatible
-    from polmap.preprocess import Preprocessor
+    from polmap.learn.predict import check_compatible
+    from polmap.process.preprocess import Preprocessor
 
     st = model.preprocess_state
     if not st:
@@ -303,16 +303,16 @@ def _model_preprocessor(model: Any, ds: Any, refit: bool) -> tuple[Any, str]:
 
 
 def read_prediction(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """:func:`polmap.prediction_file.read_prediction_file` (the CLI's and the app's files alike)."""
-    from polmap.prediction_file import read_prediction_file
+    """:func:`polmap.io.prediction_file.read_prediction_file` (the CLI's and the app's files alike)."""
+    from polmap.io.prediction_file import read_prediction_file
 
     return read_prediction_file(path)
 
 
 def _predict(args: argparse.Namespace) -> int:
     from polmap import __version__
-    from polmap.predict import predict_scan
-    from polmap.prediction_file import write_prediction_file
+    from polmap.learn.predict import predict_scan
+    from polmap.io.prediction_file import write_prediction_file
 
     model = _load_model(args.model)
     with _open_data(args) as ds:
@@ -346,7 +346,7 @@ def _predict(args: argparse.Namespace) -> int:
 # suggest
 # ---------------------------------------------------------------------------------
 def _suggest(args: argparse.Namespace) -> int:
-    from polmap.sampling import STRATEGIES, dataset_features, suggest_detailed
+    from polmap.learn.sampling import STRATEGIES, dataset_features, suggest_detailed
 
     if args.strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {args.strategy!r}; valid strategies: {', '.join(STRATEGIES)}")
@@ -363,7 +363,7 @@ def _suggest(args: argparse.Namespace) -> int:
             ex = np.loadtxt(args.exclude, delimiter=",", skiprows=1, usecols=(0, 1), dtype=np.int64, ndmin=2)
             kwargs["exclude"] = ex
         if model is not None:
-            from polmap.predict import check_compatible, predict_scan
+            from polmap.learn.predict import check_compatible, predict_scan
 
             check_compatible(model, ds, class_names=store.classes.names)
             if args.strategy in ("adaptive",):
@@ -392,7 +392,7 @@ def _suggest(args: argparse.Namespace) -> int:
 # export
 # ---------------------------------------------------------------------------------
 def _export(args: argparse.Namespace) -> int:
-    from polmap.maps import export_png, rgb_map
+    from polmap.viz.maps import export_png, rgb_map
 
     if not (args.png or args.csv or args.uncertainty_png):
         raise ValueError("nothing to export: give --png FILE and/or --csv FILE (or --uncertainty-png FILE)")
@@ -472,7 +472,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from polmap.benchmark import BenchmarkConfig, run_benchmark, write_results
+    from polmap.evaluation.benchmark import BenchmarkConfig, run_benchmark, write_results
     from polmap.io import read_ground_truth
 
     with _open_data(args) as ds:
@@ -521,7 +521,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------
 def register(subparsers: Any) -> None:
     """Add ``train``, ``predict``, ``suggest``, ``export`` and ``benchmark``."""
-    from polmap.sampling import STRATEGIES  # numpy/scipy only: registering must not import torch
+    from polmap.learn.sampling import STRATEGIES  # numpy/scipy only: registering must not import torch
 
     strategies = list(STRATEGIES)
 

@@ -1,6 +1,6 @@
 """Which detector symmetry maps which class onto which: found in the data, never read from names.
 
-The 8 operations of a square detector (:data:`polmap.detector_symmetry.SYMMETRY_OPS`)
+The 8 operations of a square detector (:data:`polmap.process.detector_symmetry.SYMMETRY_OPS`)
 can map the pattern of one domain variant onto that of another: on a [001]
 perovskite a column mirror turns a domain polarised along the detector rows
 into one polarised the other way. Which class goes where depends on how the
@@ -47,8 +47,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from polmap.detector_symmetry import OP_MATRICES, SYMMETRY_OPS, compose_ops
-from polmap.linear import WhitenedSpace, fit_discriminant, log_proba, loglik_floor
+from polmap.process.detector_symmetry import OP_MATRICES, SYMMETRY_OPS, compose_ops
+from polmap.learn.linear import WhitenedSpace, fit_discriminant, log_proba, loglik_floor
 
 __all__ = [
     "MIN_LABELS",

@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D
-from polmap.train import TRACE_MIN_PATTERNS, CancelLike, TrainedModel, is_cancelled
-from polmap.uncertainty import disagreement, margin, normalised_entropy
+from polmap.io.dataset import DEFAULT_CHUNK_BYTES, Dataset4D
+from polmap.learn.train import TRACE_MIN_PATTERNS, CancelLike, TrainedModel, is_cancelled
+from polmap.analysis.uncertainty import disagreement, margin, normalised_entropy
 
 __all__ = [
     "IncompatibleModelError",

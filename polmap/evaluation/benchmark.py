@@ -32,9 +32,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from polmap import baseline
+from polmap.analysis import baseline
 from polmap.serial import json_safe
-from polmap.walls import domain_walls, near_wall_mask
+from polmap.analysis.walls import domain_walls, near_wall_mask
 
 __all__ = [
     "BenchmarkConfig",
@@ -365,11 +365,11 @@ class BenchmarkConfig:
     budgets : sequence of int
         Label counts at which the map is scored (checkpoints of one growing run).
     strategies : sequence of str
-        Keys of :data:`polmap.sampling.STRATEGIES`.
+        Keys of :data:`polmap.learn.sampling.STRATEGIES`.
     seeds : sequence of int
         One run per strategy and seed (the seed drives the strategy and training).
     model : str
-        Network (key of :data:`polmap.model.MODELS`), with its default preprocessing.
+        Network (key of :data:`polmap.learn.model.MODELS`), with its default preprocessing.
     round_size : int
         Labels added per round between checkpoints (a model is trained after
         every round for strategies that use one, e.g. ``adaptive``).
@@ -378,9 +378,9 @@ class BenchmarkConfig:
     wall_distance : float
         Positions within this distance (px) of a truth wall count as "near wall".
     train : dict
-        :class:`polmap.train.TrainConfig` fields overriding the defaults (not ``model``/``seed``).
+        :class:`polmap.learn.train.TrainConfig` fields overriding the defaults (not ``model``/``seed``).
     strategy_params : dict
-        Per strategy, extra keyword arguments for :func:`polmap.sampling.suggest`.
+        Per strategy, extra keyword arguments for :func:`polmap.learn.sampling.suggest`.
     cold_start_features : str
         Features handed to ``adaptive``/``cold_start`` before a model exists:
         ``"patterns"`` (default: the preprocessed patterns and their
@@ -443,7 +443,7 @@ class BenchmarkConfig:
 
     def checked(self) -> "BenchmarkConfig":
         """Validated copy with sorted unique budgets; raises ValueError on bad settings."""
-        from polmap.sampling import STRATEGIES
+        from polmap.learn.sampling import STRATEGIES
 
         try:
             budgets = sorted({int(b) for b in self.budgets})
@@ -472,7 +472,7 @@ class BenchmarkConfig:
             raise ValueError(f"paper_budget {self.paper_budget} must be one of the budgets {budgets}")
         if self.paper_preprocess not in ("paper", "compact"):
             raise ValueError(f"paper_preprocess must be 'paper' or 'compact', found {self.paper_preprocess!r}")
-        from polmap.model import MODELS
+        from polmap.learn.model import MODELS
 
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
@@ -511,7 +511,7 @@ def _progress(progress: Progress | None, msg: str) -> None:
 
 
 def _train_config(model: str, seed: int, overrides: dict[str, Any]):
-    from polmap.train import TrainConfig
+    from polmap.learn.train import TrainConfig
 
     d = {k: v for k, v in dict(overrides).items() if k not in ("model", "seed")}
     cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **d, "model": model, "seed": int(seed)})
@@ -528,7 +528,7 @@ def _transform_all(pre: Any, dataset: Any) -> np.ndarray:
 
 
 def _virtual_features(dataset: Any) -> np.ndarray:
-    from polmap.virtual import compute_virtual
+    from polmap.process.virtual import compute_virtual
 
     v = compute_virtual(dataset)
 
@@ -583,7 +583,7 @@ def _fit_predict(
     directions: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Train on the labelled rows of ``X_all`` and predict all of them -> probabilities (R, C, K), info."""
-    from polmap.pipeline import train_on_patterns
+    from polmap.learn.pipeline import train_on_patterns
 
     R, C = scan_shape
     K = len(class_names)
@@ -631,8 +631,8 @@ def _linear_map(
     seed: int, symmetry: dict[str, Any], scan: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """The baseline: symmetry-augmented linear discriminant in the scan's whitened space, same labels and map."""
-    from polmap.symmetry import SymmetryMap
-    from polmap.train import train_model
+    from polmap.learn.symmetry import SymmetryMap
+    from polmap.learn.train import train_model
 
     R, C = scan_shape
     if len(np.unique(cls)) < 2:
@@ -656,7 +656,7 @@ def _run_strategy(
     scan: tuple[np.ndarray, np.ndarray] | None = None,
     directions: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from polmap import sampling
+    from polmap.learn import sampling
 
     hooks = hooks or {}
     oracle = Oracle(truth)
@@ -853,9 +853,9 @@ def _conventional(
 
 
 def _predict_scan_timed(model: Any, dataset: Any, pre: Any) -> tuple[np.ndarray, float, dict[str, Any]]:
-    """Whole-scan probabilities (R, C, K) with :func:`polmap.predict.predict_scan` (preprocessing included),
+    """Whole-scan probabilities (R, C, K) with :func:`polmap.learn.predict.predict_scan` (preprocessing included),
     the seconds it took and its timing breakdown."""
-    from polmap.predict import predict_scan
+    from polmap.learn.predict import predict_scan
 
     t0 = time.perf_counter()
     pred = predict_scan(model, dataset, pre)
@@ -867,9 +867,9 @@ def _paper_network(
     dataset: Any, scorer: _Scorer, class_names: list[str], cfg: BenchmarkConfig,
     label_sets: list[tuple[int, np.ndarray, np.ndarray]], progress: Progress | None,
 ) -> dict[str, Any]:
-    from polmap.model import default_preprocess
-    from polmap.preprocess import PreprocessConfig, Preprocessor
-    from polmap.train import train_model
+    from polmap.learn.model import default_preprocess
+    from polmap.process.preprocess import PreprocessConfig, Preprocessor
+    from polmap.learn.train import train_model
 
     t0 = time.perf_counter()
     pre = Preprocessor(PreprocessConfig(**default_preprocess(cfg.paper_preprocess))).fit(dataset)
@@ -949,8 +949,8 @@ def run_benchmark(
         Truth of the wrong shape, classes that do not cover the truth, fewer
         known positions than the largest budget, bad settings.
     """
-    from polmap.model import default_preprocess
-    from polmap.preprocess import PreprocessConfig, Preprocessor
+    from polmap.learn.model import default_preprocess
+    from polmap.process.preprocess import PreprocessConfig, Preprocessor
 
     t_start = time.perf_counter()
     cfg = (config or BenchmarkConfig()).checked()
@@ -984,8 +984,8 @@ def run_benchmark(
     _progress(progress, f"dataset {dataset.name}: scan {R} x {C}, {n_known} known positions, classes {names}")
 
     # Preprocess the whole scan once (the network inputs), and the cold-start features.
-    from polmap.pipeline import scan_sample, train_on_patterns
-    from polmap.sampling import dataset_features
+    from polmap.learn.pipeline import scan_sample, train_on_patterns
+    from polmap.learn.sampling import dataset_features
 
     t0 = time.perf_counter()
     pre = Preprocessor(PreprocessConfig(**default_preprocess(cfg.model))).fit(dataset)

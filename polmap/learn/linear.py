@@ -15,7 +15,7 @@ covariance, where a PCA + LDA fitted on the labelled patterns alone reached
 65-73 % (cross-validated on the labels).
 
 Pure numpy (scikit-learn's randomized PCA); used by
-:mod:`polmap.symmetry` and by the ``linear`` members of :mod:`polmap.train`.
+:mod:`polmap.learn.symmetry` and by the ``linear`` members of :mod:`polmap.learn.train`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from polmap.detector_symmetry import SYMMETRY_OPS, apply_op
+from polmap.process.detector_symmetry import SYMMETRY_OPS, apply_op
 
 __all__ = ["WhitenedSpace", "fit_discriminant", "log_proba"]
 

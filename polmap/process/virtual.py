@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 from scipy import ndimage
 
-from polmap.dataset import DEFAULT_CHUNK_BYTES, Dataset4D
+from polmap.io.dataset import DEFAULT_CHUNK_BYTES, Dataset4D
 
 __all__ = [
     "VirtualResult",

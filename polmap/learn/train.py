@@ -14,7 +14,7 @@ its own seed, and the report says that no validation was possible and why. The
 label of a class that has a single label trains every member and is not
 validated (the report warns).
 
-Each member is trained on augmented batches (see :mod:`polmap.augment`) with
+Each member is trained on augmented batches (see :mod:`polmap.learn.augment`) with
 soft targets (wall mixing), AdamW and a one-cycle schedule; its batch-norm
 statistics are then re-estimated on its clean training patterns.
 
@@ -46,9 +46,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from polmap.augment import AugmentConfig, Augmenter
-from polmap.detector_symmetry import SYMMETRY_OPS
-from polmap.model import (
+from polmap.learn.augment import AugmentConfig, Augmenter
+from polmap.process.detector_symmetry import SYMMETRY_OPS
+from polmap.learn.model import (
     MODELS,
     SeededDropout,
     build_model,
@@ -105,7 +105,7 @@ class TrainConfig:
     Parameters
     ----------
     model : str
-        Architecture, a key of :data:`polmap.model.MODELS`. The default,
+        Architecture, a key of :data:`polmap.learn.model.MODELS`. The default,
         ``"auto"``, trains compact networks and linear discriminants on the
         same folds and keeps the kind with the better out-of-fold accuracy
         (both, averaged, when they are within 2 points): on the external
@@ -116,11 +116,11 @@ class TrainConfig:
         Expected pattern side; None takes it from the data (an explicit value
         that the data do not match is an error).
     model_options : dict
-        Architecture options for :func:`polmap.model.build_model`, shared by all members.
+        Architecture options for :func:`polmap.learn.model.build_model`, shared by all members.
     member_variants : list of dict or None
         Options cycled over the members on top of ``model_options`` (member
         ``m`` gets ``member_variants[m % len]``); None: the model's default
-        (:func:`polmap.model.member_variants`), ``[{}]``: all members alike.
+        (:func:`polmap.learn.model.member_variants`), ``[{}]``: all members alike.
     epochs : int
         Most epochs per member.
     samples_per_epoch : int
@@ -374,7 +374,7 @@ class TrainedModel:
     model_config : dict
         ``{"name", "n_classes", "input_size", "options"}`` for :func:`build_model`.
     preprocess_state : dict or None
-        :meth:`polmap.preprocess.Preprocessor.state_dict` of the inputs.
+        :meth:`polmap.process.preprocess.Preprocessor.state_dict` of the inputs.
     history : list of list of dict
         Per member, per epoch: loss, val_loss, val_acc, lr, time.
     report : dict
@@ -921,7 +921,7 @@ def _fit_linear_member(
     t0: float,
 ) -> list[dict[str, Any]]:
     """Fit a linear-discriminant member in closed form on its training labels and their symmetry views."""
-    from polmap.linear import fit_discriminant
+    from polmap.learn.linear import fit_discriminant
 
     x = x_all[job.train_idx]
     y = torch.as_tensor(y_all[job.train_idx])
@@ -995,15 +995,15 @@ def train_model(
     groups : array of int, shape (N,), optional
         Group id of every label (``LabelStore.groups()``): a painted region is
         held out whole, never split between training and validation.
-    symmetry : polmap.symmetry.SymmetryMap, optional
+    symmetry : polmap.learn.symmetry.SymmetryMap, optional
         Which detector operation maps which class onto which (found in the
-        data by :func:`polmap.symmetry.discover_symmetry`). Without it no
+        data by :func:`polmap.learn.symmetry.discover_symmetry`). Without it no
         symmetry augmentation is done, whatever ``config.augment.symmetry``
         says; the report says which operations were used and why others not.
     scan_patterns : array, shape (M, H, W), optional
         Preprocessed patterns from the whole scan (a sample), labelled or not:
         the linear members whiten with their covariance (see
-        :mod:`polmap.linear`). Without them the labelled patterns are used,
+        :mod:`polmap.learn.linear`). Without them the labelled patterns are used,
         which whiten thickness and tilt far less well.
 
     Returns
@@ -1034,7 +1034,7 @@ def train_model(
     scaling = "sqrt"
     if preprocess_state and isinstance(preprocess_state.get("config"), dict):
         scaling = str(preprocess_state["config"].get("scaling", "sqrt"))
-    from polmap.symmetry import SymmetryMap
+    from polmap.learn.symmetry import SymmetryMap
 
     if symmetry is None:
         symmetry = SymmetryMap(names, skipped={op: "no symmetry map was given" for op in SYMMETRY_OPS[1:]})
@@ -1100,7 +1100,7 @@ def train_model(
     }
     space = None
     if "linear" in families:
-        from polmap.linear import WhitenedSpace
+        from polmap.learn.linear import WhitenedSpace
 
         ref = x_np[:, 0] if scan_patterns is None else np.asarray(scan_patterns, dtype=np.float32).reshape(
             -1, x_np.shape[2], x_np.shape[3])

@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from polmap import uncertainty as unc
-from polmap.walls import domain_walls
+from polmap.analysis import uncertainty as unc
+from polmap.analysis.walls import domain_walls
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -736,7 +736,7 @@ def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, poo
     ----------
     dataset : Dataset4D
     preprocess : dict, optional
-        :class:`polmap.preprocess.PreprocessConfig` fields; default
+        :class:`polmap.process.preprocess.PreprocessConfig` fields; default
         ``INPUT_PRESETS["centred48"]`` (the compact network's).
     pool : int
     progress : callable, optional
@@ -749,7 +749,7 @@ def dataset_features(dataset: Any, preprocess: dict[str, Any] | None = None, poo
     ndarray of float32, shape (rows * cols, F)
         Row-major over the scan, ready for ``suggest(..., features=...)``.
     """
-    from polmap.preprocess import INPUT_PRESETS, PreprocessConfig, Preprocessor
+    from polmap.process.preprocess import INPUT_PRESETS, PreprocessConfig, Preprocessor
 
     cfg = dict(INPUT_PRESETS["centred48"]) if preprocess is None else dict(preprocess)
     pre = Preprocessor(PreprocessConfig(**cfg)).fit(dataset)

@@ -1,0 +1,7 @@
+"""``python -m polmap.cli``: the same as the ``polmap`` command."""
+
+import sys
+
+from polmap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The label-efficiency benchmark (the CLI's ``polmap benchmark`` and ``benchmarks/``)."""

@@ -1,0 +1,1 @@
+"""Learning: networks and the linear discriminant, augmentation, training, prediction, symmetry discovery, sampling."""

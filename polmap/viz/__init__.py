@@ -1,0 +1,1 @@
+"""Figures and images (plotly, PIL): the polarization map, patterns, legends, exports."""
