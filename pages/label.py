@@ -64,7 +64,7 @@ def _on_redo() -> None:
 
 def _on_move(drow: int, dcol: int) -> None:
     labelling.move_selection(sess, drow, dcol)
-    sess.other["shown_sel"] = sess.selected
+    sess.view.shown_selection = sess.selected
 
 
 def _on_remove() -> None:

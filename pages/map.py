@@ -211,9 +211,9 @@ with st.expander("Apply this model to another dataset or time slice"):
             bar = st.progress(0.0, text="Predicting…")
             training.apply_model_elsewhere(sess, other, progress=lambda d, t: bar.progress(min(1.0, d / max(t, 1))))
             bar.empty()
-    applied = sess.other.get("applied")
-    if applied:
-        ods, opred = applied["dataset"], applied["prediction"]
+    applied = sess.applied
+    if applied is not None:
+        ods, opred = applied.dataset, applied.prediction
         st.markdown(f"**{ods.name}** ({ods.scan_shape[0]} x {ods.scan_shape[1]})")
         st.plotly_chart(figures.scan_figure(ods, figures.map_rgb(sess, opred), prediction=opred, sess=sess, show_labels=False,
                                         height=420), key="apply_fig")

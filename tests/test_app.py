@@ -441,7 +441,7 @@ def test_train_map_export_and_read_back(env: Path) -> None:
     at.button(key="apply_go").click().run()
     _ok(at)
     assert not _errors(at)
-    assert "applied" in sess.other
+    assert sess.applied is not None and sess.applied.prediction.label_map.shape == sess.applied.dataset.scan_shape
     # a scan from another detector: refused with a clear message, the session goes on
     at.radio(key="apply_kind").set_value("data folder").run()
     at.selectbox(key="apply_file").set_value("scan.npy")

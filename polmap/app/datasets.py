@@ -189,11 +189,11 @@ def set_dataset(sess: Session, ds: Dataset4D, spec: dict[str, Any], class_preset
 
 def ensure_dataset(sess: Session) -> None:
     """Load the demo on the first visit (the app opens on data, not on an empty page)."""
-    if sess.dataset is None and not sess.other.get("demo_failed"):
+    if sess.dataset is None and not sess.demo_failed:
         try:
             set_dataset(sess, open_demo(), {"kind": "demo", "preset": demo_preset()})
         except Exception as exc:  # noqa: BLE001
-            sess.other["demo_failed"] = True
+            sess.demo_failed = True
             log.error("demo failed\n%s", traceback.format_exc())
             sess.flash("error", f"The demo dataset could not be loaded: {format_error(exc)}")
 

@@ -194,10 +194,10 @@ def shown_selection(sess: Session, *context: Any) -> tuple[int, int] | None:
     move the marker cost most of the click latency. So the figure carries the
     selection only when it is redrawn anyway (labels or ``context`` changed)
     or when the selection moved without a click (arrow keys set
-    ``sess.other["shown_sel"]``).
+    ``sess.view.shown_selection``).
     """
     sig = (sess.labels.revision if sess.labels is not None else None, id(sess.dataset), *context)
-    if sess.other.get("fig_sig") != sig:
-        sess.other["fig_sig"] = sig
-        sess.other["shown_sel"] = sess.selected
-    return sess.other.get("shown_sel")
+    if sess.view.figure_signature != sig:
+        sess.view.figure_signature = sig
+        sess.view.shown_selection = sess.selected
+    return sess.view.shown_selection

@@ -25,6 +25,22 @@ PREDICTION_NAME = "latest"
 
 
 @dataclass
+class ViewState:
+    """What the scan figures last drew: the selection they show moves only when the figure changes."""
+
+    figure_signature: tuple[Any, ...] | None = None
+    shown_selection: tuple[int, int] | None = None
+
+
+@dataclass
+class Applied:
+    """The session's model applied to another dataset (a time slice, another scan)."""
+
+    dataset: Dataset4D
+    prediction: Any  # polmap.learn.predict.Prediction
+
+
+@dataclass
 class Session:
     """Everything one browser session owns."""
 
@@ -50,7 +66,9 @@ class Session:
     hint_dismissed: bool = False
     last_save_s: float | None = None
     messages: list[tuple[str, str]] = field(default_factory=list)  # (kind, text) shown once
-    other: dict[str, Any] = field(default_factory=dict)  # applied-elsewhere results etc.
+    view: ViewState = field(default_factory=lambda: ViewState())
+    applied: Applied | None = None  # the model's map of another scan (Map page)
+    demo_failed: bool = False  # the embedded demo could not be loaded: not retried on every rerun
 
     # -- convenience ------------------------------------------------------------------
     @property
@@ -71,6 +89,7 @@ class Session:
         self.model_info = {}
         self.prediction = None
         self.prediction_key = None
+        self.applied = None  # made by the model that is gone
 
 
 _SESSION_ID = re.compile(r"^[0-9a-f]{12}$")

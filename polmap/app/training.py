@@ -18,7 +18,7 @@ from polmap.io.dataset import Dataset4D
 
 from polmap.app.errors import USER_ERRORS, UserError
 from polmap.app.options import preprocess_config
-from polmap.app.session import MODEL_NAME, PREDICTION_NAME, Session, _Registry, autosave
+from polmap.app.session import Applied, MODEL_NAME, PREDICTION_NAME, Session, _Registry, autosave
 from polmap.app.datasets import preprocess_key, preprocessor, virtual
 
 log = logging.getLogger("polmap.app")
@@ -331,7 +331,7 @@ def apply_model_elsewhere(sess: Session, ds: Dataset4D, progress: Callable[[int,
         raise UserError("There is no model yet. Train one on the Train page first.")
     pre = preprocessor(ds, model_preprocess_config(sess.model, sess.preprocess))
     pred = _predict_scan(sess.model, ds, pre, progress, sess.classes.names)
-    sess.other["applied"] = {"dataset": ds, "prediction": pred}
+    sess.applied = Applied(dataset=ds, prediction=pred)
     if sess.workspace is not None:
         sess.workspace.log("applied_model", dataset=ds.name, source=ds.source, fingerprint=ds.fingerprint, model_key=sess.model_key)
         autosave(sess)
