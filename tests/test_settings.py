@@ -28,7 +28,7 @@ def test_a_bad_value_names_the_variable_instead_of_becoming_a_default(monkeypatc
 
 
 def test_simulation_and_preprocessing_use_the_same_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    import polmap.simulate as simulate
+    import polmap.simulate.render as simulate
 
     calls = []
     monkeypatch.setenv("POLMAP_THREADS", "1")
