@@ -281,31 +281,11 @@ def _whole_loop(page, url: str, truth: np.ndarray) -> None:
     _no_traceback(page)
 
     # -- Suggest: answer a round of suggestions one at a time ------------------------
-    _nav(page, "Suggest")
-    page.locator("[data-testid='stNumberInput'] input").first.fill(str(N_LABELS))
-    page.get_by_role("button", name="Suggest", exact=True).click()
-    page.get_by_text("Suggestion 1 of").wait_for(timeout=120000)
-    _shot(page, "suggest")
-    for i in range(N_LABELS):
-        m = re.search(r"#(\d+) at \(row (\d+), col (\d+)\)", _text(page))
-        if m is None:
-            break
-        r, c = int(m.group(2)), int(m.group(3))
-        page.locator(f".st-key-clsbtn_suggest_{int(truth[r, c])} button").first.click()
-        page.wait_for_function(
-            f"() => !document.body.innerText.includes('at (row {r}, col {c})')", timeout=30000)
-    page.get_by_text("suggestions answered").wait_for()
-    _no_traceback(page)
+    _answer_suggestions(page, truth, N_LABELS, shot="suggest")
 
     # -- Train ------------------------------------------------------------------------
-    _nav(page, "Train")
-    page.get_by_text("Settings").click()
-    _fill(page, "Epochs (most, per member)", EPOCHS)
-    _fill(page, "Ensemble members (= cross-validation folds)", MEMBERS)
-    page.get_by_role("button", name="Train", exact=True).click()
-    page.get_by_text("Current model").wait_for(timeout=600000)
+    _train(page)
     assert "CPU" in _text(page) or "GPU" in _text(page)
-    _no_traceback(page)
     _shot(page, "train")
 
     # -- Map: see it, click on it, download the PNG -----------------------------------
@@ -351,6 +331,36 @@ def _fill(page, label: str, value: int) -> None:
     box.fill(str(value))
     box.press("Enter")
     _settle(page, 0.3)
+
+
+def _answer_suggestions(page, truth: np.ndarray, n: int, shot: str | None = None) -> None:
+    """Ask for ``n`` suggestions on the Suggest page and answer each from the truth, one at a time."""
+    _nav(page, "Suggest")
+    page.locator("[data-testid='stNumberInput'] input").first.fill(str(n))
+    page.get_by_role("button", name="Suggest", exact=True).click()
+    page.get_by_text("Suggestion 1 of").wait_for(timeout=300000)
+    if shot:
+        _shot(page, shot)
+    for _ in range(n):
+        m = re.search(r"#(\d+) at \(row (\d+), col (\d+)\)", _text(page))
+        if m is None:
+            break
+        r, c = int(m.group(2)), int(m.group(3))
+        page.locator(f".st-key-clsbtn_suggest_{int(truth[r, c])} button").first.click()
+        page.wait_for_function(f"() => !document.body.innerText.includes('at (row {r}, col {c})')", timeout=30000)
+    page.get_by_text("suggestions answered").wait_for()
+    _no_traceback(page)
+
+
+def _train(page) -> None:
+    """Train on the Train page with the test's epochs and members; wait for the model."""
+    _nav(page, "Train")
+    page.get_by_text("Settings").click()
+    _fill(page, "Epochs (most, per member)", EPOCHS)
+    _fill(page, "Ensemble members (= cross-validation folds)", MEMBERS)
+    page.get_by_role("button", name="Train", exact=True).click()
+    page.get_by_text("Current model").wait_for(timeout=600000)
+    _no_traceback(page)
 
 
 def _longest_run(truth: np.ndarray) -> tuple[int, int, int, int]:
@@ -427,27 +437,8 @@ def test_a_scan_polmap_did_not_make(server, tmp_path: Path) -> None:
             _no_traceback(page)
             _shot(page, "external_data")
 
-            _nav(page, "Suggest")
-            page.locator("[data-testid='stNumberInput'] input").first.fill("20")
-            page.get_by_role("button", name="Suggest", exact=True).click()
-            page.get_by_text("Suggestion 1 of").wait_for(timeout=300000)
-            for _ in range(20):
-                m = re.search(r"#(\d+) at \(row (\d+), col (\d+)\)", _text(page))
-                if m is None:
-                    break
-                r, c = int(m.group(2)), int(m.group(3))
-                page.locator(f".st-key-clsbtn_suggest_{int(truth[r, c])} button").first.click()
-                page.wait_for_function(f"() => !document.body.innerText.includes('at (row {r}, col {c})')",
-                                       timeout=30000)
-            page.get_by_text("suggestions answered").wait_for()
-
-            _nav(page, "Train")
-            page.get_by_text("Settings").click()
-            _fill(page, "Epochs (most, per member)", EPOCHS)
-            _fill(page, "Ensemble members (= cross-validation folds)", MEMBERS)
-            page.get_by_role("button", name="Train", exact=True).click()
-            page.get_by_text("Current model").wait_for(timeout=600000)
-            _no_traceback(page)
+            _answer_suggestions(page, truth, 20)
+            _train(page)
             _shot(page, "external_train")
 
             _nav(page, "Map")
