@@ -233,13 +233,17 @@ def test_run_benchmark_rejects_bad_truth(tiny) -> None:
 
 
 def test_single_class_round_does_not_crash(tiny) -> None:
-    # Every label the same class: no network can be trained; the map is that class everywhere.
+    # Every label the same class: no network can be trained; the map is that class everywhere,
+    # and so are the baselines' maps: all are scored, so that means over seeds compare the same runs.
     truth = np.zeros(tiny.scan_shape, dtype=np.int64)
-    truth[:, -2:] = 1
+    truth[-1, -1] = 1
     cfg = BenchmarkConfig(budgets=[3], strategies=["grid"], seeds=[0], paper_budget=None, train=FAST_TRAIN,
-                          pca_knn=False, conventional=False, end_to_end_speed=False)
+                          pca_knn=True, conventional=False, end_to_end_speed=False)
     res = bm.run_benchmark(tiny, truth, cfg, class_names=["a", "b"])
     cp = res["strategies"]["grid"]["runs"][0]["checkpoints"][0]
-    if cp["single_class"]:
-        assert cp["accuracy"] == pytest.approx((truth == cp["classes"][0]).mean())
-    assert res["strategies"]["grid"]["budgets"]["3"]["n_runs"] == 1
+    assert cp["single_class"] and cp["classes"] == [0, 0, 0]
+    assert cp["accuracy"] == pytest.approx((truth == 0).mean())
+    assert cp["linear_accuracy"] == cp["accuracy"] and cp["pca_knn_accuracy"] == cp["accuracy"]
+    row = res["strategies"]["grid"]["budgets"]["3"]
+    assert row["n_runs"] == 1 and row["n_single_class"] == 1
+    assert row["linear_accuracy"]["n"] == row["accuracy"]["n"] == 1

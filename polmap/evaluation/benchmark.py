@@ -710,7 +710,11 @@ def _run_strategy(
             row.update(scorer(pred, pos))
             row.update({k2: v for k2, v in info.items() if k2 != "symmetry"})
             row["n_classes_labelled"] = int(len(np.unique(cls)))
-            if cfg.linear_baseline and info.get("symmetry") is not None:
+            if cfg.linear_baseline and info["single_class"]:
+                # One labelled class: every classifier paints it everywhere. Scored, so that the
+                # means over seeds compare the same runs (a mean over the others alone flattered it).
+                row.update({f"linear_{m}": v for m, v in scorer(pred, pos).items()})
+            elif cfg.linear_baseline and info.get("symmetry") is not None:
                 t0 = time.perf_counter()
                 lin = _linear_map(X_all, pos, cls, class_names, (R, C), seed, info["symmetry"], scan)
                 row.update({f"linear_{m}": v for m, v in scorer(lin, pos).items()})
