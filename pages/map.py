@@ -54,7 +54,7 @@ background = c3.radio("Show", ["polarization map", training.UNCERTAINTY_NAME, "v
 @errors.guarded_fragment("Map", key="map_view")
 def map_view() -> None:
     unc = training.uncertainty(pred)
-    walls = figures.domain_walls(sess, pred) if "walls" in overlays else None
+    walls = figures.domain_walls(pred) if "walls" in overlays else None
     sugg = sess.suggestions if "suggestions" in overlays else None
     left, right = st.columns([3, 2])
     shown = labelling.shown_selection(sess, "map", background, tuple(overlays or ()), fade)

@@ -195,7 +195,7 @@ class ClassSet:
         if colors is not None and len(colors) == len(names) and all(_COLOR_RE.match(str(c)) for c in colors):
             out = cls(names, [str(c) for c in colors])
         if out is None:
-            out = next((cls.preset(k) for k in CLASS_PRESETS if cls.preset(k).names == names), None)
+            out = next((p for p in map(cls.preset, CLASS_PRESETS) if p.names == names), None)
         if out is None:
             out = cls(names, [_PALETTE[i % len(_PALETTE)] for i in range(len(names))])
         return out.with_directions(directions) if directions else out

@@ -27,7 +27,7 @@ def export_hdf5(sess: Session) -> bytes:
     pred = predict(sess)
     ds = sess.dataset
     arrays = dict(pred.arrays())
-    walls = domain_walls(sess, pred)
+    walls = domain_walls(pred)
     if walls is not None:
         arrays["domain_walls"] = walls
     labels = dict(sess.labels.entries())
@@ -79,7 +79,7 @@ def export_png(sess: Session, with_walls: bool = True, scale: int | None = None)
     pred = predict(sess)
     rgb = map_rgb(sess, pred)
     if with_walls:
-        rgb = maps.draw_mask(rgb, domain_walls(sess, pred), "#000000")
+        rgb = maps.draw_mask(rgb, domain_walls(pred), "#000000")
     R, C = rgb.shape[:2]
     scale = scale or int(max(1, min(16, 1024 // max(R, C))))
     buf = io.BytesIO()

@@ -16,7 +16,7 @@ from polmap.app.training import uncertainty
 log = logging.getLogger("polmap.app")
 
 
-def domain_walls(sess: Session, pred: Any) -> np.ndarray:
+def domain_walls(pred: Any) -> np.ndarray:
     """Positions where the predicted class changes (``polmap.analysis.walls.domain_walls``, one-pixel lines)."""
     from polmap.analysis.walls import domain_walls as dw
 

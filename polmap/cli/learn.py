@@ -76,13 +76,6 @@ def _int_list(text: str) -> list[int]:
     return vals
 
 
-def _class_set(names: Sequence[str], colors: Sequence[str] | None = None) -> Any:
-    """A ClassSet for names by the app's rule (:meth:`polmap.labels.ClassSet.for_names`)."""
-    from polmap.labels import ClassSet
-
-    return ClassSet.for_names(names, colors)
-
-
 def _is_hdf5(path: str) -> bool:
     with open(path, "rb") as f:
         return f.read(8) == b"\x89HDF\r\n\x1a\n"
@@ -105,7 +98,7 @@ def _csv_class_names(path: str) -> list[str]:
 
 def _load_labels(args: argparse.Namespace, ds: Any, *, required: bool = True) -> Any:
     """The LabelStore from ``--labels`` (CSV or workspace), classes from --classes / the data / the CSV."""
-    from polmap.labels import LabelStore
+    from polmap.labels import ClassSet, LabelStore
 
     given = _csv_list(getattr(args, "classes", None))
     path = getattr(args, "labels", None)
@@ -115,7 +108,7 @@ def _load_labels(args: argparse.Namespace, ds: Any, *, required: bool = True) ->
         names = given or (ds.ground_truth.class_names if ds.ground_truth is not None else None)
         if not names:
             raise ValueError("without --labels, give the class names with --classes a,b,c")
-        return LabelStore(ds.scan_shape, _class_set(names))
+        return LabelStore(ds.scan_shape, ClassSet.for_names(names))
     _need_file(path, "labels file")
     if _is_hdf5(path):
         from polmap.io.project import Workspace
@@ -144,7 +137,7 @@ def _load_labels(args: argparse.Namespace, ds: Any, *, required: bool = True) ->
         names, colors = _csv_class_names(path), None
     if not names:
         raise ValueError(f"no labels in {path}: it has no data rows; label some positions first")
-    store = LabelStore(ds.scan_shape, _class_set(names, colors if given is None else None))
+    store = LabelStore(ds.scan_shape, ClassSet.for_names(names, colors if given is None else None))
     store.import_csv(path)  # ValueError naming the line of an unknown class or a bad position
     return store
 
@@ -302,13 +295,6 @@ def _model_preprocessor(model: Any, ds: Any, refit: bool) -> tuple[Any, str]:
     return pre, note
 
 
-def read_prediction(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """:func:`polmap.io.prediction_file.read_prediction_file` (the CLI's and the app's files alike)."""
-    from polmap.io.prediction_file import read_prediction_file
-
-    return read_prediction_file(path)
-
-
 def _predict(args: argparse.Namespace) -> int:
     from polmap import __version__
     from polmap.learn.predict import predict_scan
@@ -392,18 +378,20 @@ def _suggest(args: argparse.Namespace) -> int:
 # export
 # ---------------------------------------------------------------------------------
 def _export(args: argparse.Namespace) -> int:
+    from polmap.io.prediction_file import read_prediction_file
+    from polmap.labels import ClassSet
     from polmap.viz.maps import export_png, rgb_map
 
     if not (args.png or args.csv or args.uncertainty_png):
         raise ValueError("nothing to export: give --png FILE and/or --csv FILE (or --uncertainty-png FILE)")
-    arrays, attrs = read_prediction(args.pred)
+    arrays, attrs = read_prediction_file(args.pred)
     names, colors = attrs["class_names"], attrs["class_colors"]
     probs = arrays["probabilities"]
     written = []
     if args.png:
         if args.mode == "paper" and probs.shape[-1] != 3:
             raise ValueError(f"--mode paper needs exactly 3 classes (na, vertical, horizontal); this prediction has {names}")
-        rgb = rgb_map(probs, colors or _class_set(names).colors, mode=args.mode, fade=args.fade)
+        rgb = rgb_map(probs, colors or ClassSet.for_names(names).colors, mode=args.mode, fade=args.fade)
         export_png(rgb, args.png, scale=args.scale, metadata={"polmap": json.dumps(attrs["provenance"])[:60000],
                                                               "classes": json.dumps(names)})
         written.append(args.png)
